@@ -1,0 +1,185 @@
+"""Per-worker shared-memory arena: reusable slots, written by a worker, read in place.
+
+```
+ main: Arena(worker k)                         worker k: SlotWriter
+ memfd slot 0..S-1 (size 0) ──fds──▶ opens the same files (inherited, or /proc/<main>/fd/N)
+                                      grows a free slot (ftruncate + fallocate), collates
+                                      straight into it, pickles the batch with its large
+ lease(slot, size, spans) ◀─Result── buffers left in the slot (offset, nbytes)
+ zero-copy views; when the last view of a batch is collected the lease's finalizer
+ queues (worker, slot) ──Release──▶ the slot is free again
+```
+
+- **Ownership.** The main process creates every slot with ``memfd_create``: anonymous
+  shared memory with no name in ``/dev/shm`` or anywhere else. It lives exactly as long as
+  some process holds a descriptor or a mapping, so nothing outlives the processes, even
+  after ``kill -9``, and nothing ever needs unlinking. ``/dev/shm``'s size limit (64 MiB in
+  Docker) does not apply; memory is reserved with ``posix_fallocate`` when a slot grows,
+  so a shortage is an error at that point, never a SIGBUS later.
+- **Who writes.** Only the worker writes a slot, and only while it is free: from the
+  release of its previous batch until the worker sends the next result in it.
+- **Growth.** Slots start empty; a worker grows a slot when a batch needs more room. Both
+  sides remap the same file; pages already written stay valid through the old mapping.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import weakref
+from collections import deque
+import numpy as np
+
+__all__ = ["Arena", "INLINE_MAX", "Lease", "SlotWriter", "ShmReserveError"]
+
+INLINE_MAX = 64 * 1024  # bytes: smaller arrays travel inside the pickled header (a copy
+#                        there is cheaper than a slot lease and its release message)
+_ALIGN = 64  # bytes: every array starts on a cache line
+_GROW_QUANTUM = 1 << 20  # bytes: slot sizes are whole MiB, so similar batches reuse a size
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # prefault once, not per batch
+
+
+class ShmReserveError(MemoryError):
+    """Shared memory for a batch could not be reserved."""
+
+
+class Lease(np.ndarray):
+    """The per-batch view that every array of a batch keeps alive (a subclass, so numpy's
+    view collapsing stops here); its finalizer returns the slot to the worker."""
+
+
+def _round_up(n: int, quantum: int) -> int:
+    return -(-n // quantum) * quantum
+
+
+def _map(fd: int, size: int) -> np.ndarray:
+    return np.frombuffer(mmap.mmap(fd, size, flags=_MAP_FLAGS), np.uint8)
+
+
+class Arena:
+    """Main-process side of one worker's slots: creates them, maps them, leases them."""
+
+    def __init__(self, worker_id: int, num_slots: int, released: deque) -> None:
+        self.worker_id = worker_id
+        self.fds: list[int] = [os.memfd_create(f"loader-w{worker_id}-s{i}", os.MFD_CLOEXEC)
+                               for i in range(num_slots)]
+        self._views: list[np.ndarray | None] = [None] * num_slots
+        self._released = released
+
+    def lease(self, slot: int, size: int, spans: tuple) -> list[np.ndarray]:
+        """Buffers for ``spans`` of ``slot``; the slot is released when all are gone."""
+        view = self._views[slot]
+        if view is None or view.size < size:
+            view = self._views[slot] = _map(self.fds[slot], size)
+        lease = view.view(Lease)
+        weakref.finalize(lease, self._released.append, (self.worker_id, slot))
+        return [lease[off:off + n] for off, n in spans]
+
+    def close(self) -> None:
+        """Close the descriptors; mappings live on in whatever views the user still holds."""
+        fds, self.fds = self.fds, []
+        self._views = []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class SlotWriter:
+    """Worker side: opens the arena's files, and allocates batch arrays inside a slot."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self._fds = fds
+        self._views: list[np.ndarray | None] = [None] * len(fds)
+        self._sizes = [os.fstat(fd).st_size for fd in fds]
+        self._slot = -1
+        self._offset = 0
+        self._maps: list[tuple[int, int]] = []  # (address, size) of this batch's mappings
+
+    @classmethod
+    def open(cls, owner_pid: int, fds: list[int], inherited: bool) -> "SlotWriter":
+        """Inherited descriptors are used as they are; others are opened through /proc."""
+        if not inherited:
+            fds = [os.open(f"/proc/{owner_pid}/fd/{fd}", os.O_RDWR) for fd in fds]
+        return cls(fds)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self._fds)
+
+    def begin(self, slot: int) -> None:
+        """Start writing a batch into ``slot`` (-1: no slot; everything goes inline)."""
+        self._slot, self._offset = slot, 0
+        self._maps = []
+        if slot >= 0 and self._views[slot] is not None:
+            self._note_map(self._views[slot])
+
+    def end(self) -> int:
+        """Finish the batch; returns the slot's size, which the main process must map."""
+        self._maps = []
+        return self._sizes[self._slot] if self._slot >= 0 else 0
+
+    def _note_map(self, view: np.ndarray) -> None:
+        self._maps.append((view.__array_interface__["data"][0], view.size))
+
+    def _grow(self, needed: int) -> None:
+        slot, fd = self._slot, self._fds[self._slot]
+        size = _round_up(max(needed, self._sizes[slot] + self._sizes[slot] // 2), _GROW_QUANTUM)
+        try:
+            os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            raise ShmReserveError(
+                f"DataLoader worker could not reserve {size} bytes of shared memory for a "
+                f"batch ({exc.strerror}); {_available_text()}. Use a smaller batch_size, fewer "
+                "workers or a smaller prefetch_factor."
+            ) from None
+        self._sizes[slot] = size
+        view = self._views[slot] = _map(fd, size)
+        self._note_map(view)
+
+    def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """An uninitialised array in the current slot (small ones on the heap)."""
+        nbytes = dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        if nbytes < INLINE_MAX or self._slot < 0:
+            return np.empty(shape, dtype)
+        offset = _round_up(self._offset, _ALIGN)
+        if offset + nbytes > self._sizes[self._slot]:
+            self._grow(offset + nbytes)
+        self._offset = offset + nbytes
+        return np.ndarray(shape, dtype, buffer=self._views[self._slot], offset=offset)
+
+    def offset_of(self, address: int, nbytes: int) -> int | None:
+        """The slot offset of memory at ``address``, or None if it lies outside the slot."""
+        for base, size in self._maps:
+            if base <= address and address + nbytes <= base + size:
+                return address - base
+        return None
+
+    def place(self, raw: memoryview) -> int | None:
+        """Copy a buffer that lies elsewhere into the slot; its offset, or None (no slot)."""
+        if self._slot < 0:
+            return None
+        dst = self.alloc((raw.nbytes,), np.dtype(np.uint8))
+        dst[:] = np.frombuffer(raw, np.uint8)
+        return self.offset_of(dst.__array_interface__["data"][0], raw.nbytes)
+
+    def close(self) -> None:
+        self._views = [None] * len(self._fds)
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _available_text() -> str:
+    try:
+        import psutil
+        return f"{psutil.virtual_memory().available} bytes of memory are available"
+    except Exception:  # psutil missing or /proc unreadable: the error stays useful
+        return "available memory is unknown"
+

@@ -1,0 +1,57 @@
+"""loader: a multiprocess, zero-copy drop-in replacement for ``torch.utils.data``.
+
+Change ``from torch.utils.data import DataLoader`` to ``from loader import DataLoader``.
+Every public name of ``torch.utils.data`` is here with torch's behaviour; batches are
+numpy arrays, or torch tensors when torch is in use (see ``DataLoader(output=...)``).
+"""
+
+from loader.collate import default_collate, default_collate_fn_map, default_convert
+from loader.dataloader import DataLoader
+from loader.dataset import (
+    ChainDataset,
+    ConcatDataset,
+    Dataset,
+    IterableDataset,
+    StackDataset,
+    Subset,
+    TensorDataset,
+    random_split,
+)
+from loader.distributed import DistributedSampler
+from loader.errors import WorkerError
+from loader.sampler import (
+    BatchSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+from loader.worker_info import WorkerInfo, get_worker_info
+
+__all__ = [
+    "BatchSampler",
+    "ChainDataset",
+    "ConcatDataset",
+    "DataLoader",
+    "Dataset",
+    "DistributedSampler",
+    "IterableDataset",
+    "RandomSampler",
+    "Sampler",
+    "SequentialSampler",
+    "StackDataset",
+    "Subset",
+    "SubsetRandomSampler",
+    "TensorDataset",
+    "WeightedRandomSampler",
+    "WorkerError",
+    "WorkerInfo",
+    "default_collate",
+    "default_collate_fn_map",
+    "default_convert",
+    "get_worker_info",
+    "random_split",
+]
+
+__version__ = "0.1.0"

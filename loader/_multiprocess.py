@@ -1,0 +1,202 @@
+"""The multi-process iterator: torch's dispatch, prefetch and reorder protocol.
+
+```
+ sampler ─▶ _try_put_index ─Task(epoch, batch_id, keys)─▶ worker batch_id % N (round robin)
+                                                              │
+ user ◀─ _process ◀─ reorder (task_info) ◀─ pool.receive ◀────┘ Result / Failure / IterEnd
+```
+
+- The parent keeps at most ``prefetch_factor * num_workers`` batches between dispatch and
+  hand-out (results waiting in the reorder buffer count), refilling one task per batch
+  handed out, exactly as torch does; with ``in_order=False`` it hands out batches as they
+  complete and dispatches to workers by spare capacity.
+- Workers: ``workers/loop.py``. Batches arrive as zero-copy views on worker slots.
+- Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
+  collection and on any worker death, through ``WorkerPool.shutdown``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from ipc.messages import Failure, IterEnd, Result, Resume, Task
+from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
+from loader.iterators import BaseIter
+from workers.pool import WorkerPool
+
+__all__ = ["MultiProcessIter"]
+
+_SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user holds while
+#                   asking for the next one, and one more, so steady loops never overflow
+_THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
+
+
+class _Pending:
+    """A dispatched task: its worker, and once it arrives out of order, its outcome."""
+
+    __slots__ = ("worker_id", "data", "arrived")
+
+    def __init__(self, worker_id: int) -> None:
+        self.worker_id, self.data, self.arrived = worker_id, None, False
+
+
+class MultiProcessIter(BaseIter):
+    """``num_workers > 0``: batches fetched and collated by worker processes."""
+
+    def __init__(self, loader: Any) -> None:
+        super().__init__(loader)
+        assert loader.prefetch_factor > 0, "prefetch_factor must be positive with workers"
+        self._prefetch_factor = loader.prefetch_factor
+        self._in_order = loader.in_order
+        self._persistent = loader.persistent_workers
+        self._epoch = 0
+        self._pool: WorkerPool | None = None
+        self._pool = WorkerPool(
+            num_workers=self._num_workers, context=loader._worker_context(),
+            dataset=self._dataset, iterable=self._iterable,
+            auto_collation=self._auto_collation, collate_fn=self._collate_fn,
+            drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
+            base_seed=self._base_seed,
+            slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
+            thread_limit=_THREAD_LIMIT)
+        self._reset(loader, first_iter=True)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def _workers(self) -> list:
+        """The worker processes (torch's introspection hook)."""
+        return self._pool.processes if self._pool is not None else []
+
+    @property
+    def worker_pids(self) -> list:
+        return self._pool.pids if self._pool is not None else []
+
+    # ------------------------------------------------------------------ epochs
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        super()._reset(loader, first_iter)
+        n = self._num_workers
+        self._send_idx = 0
+        self._rcvd_idx = 0
+        self._task_info: dict[int, _Pending] = {}
+        self._tasks_outstanding = 0
+        self._workers_status = [True] * n
+        self._workers_num_tasks = [0] * n
+        self._worker_cycle = itertools.cycle(range(n))
+        if not first_iter:
+            self._epoch += 1
+            self._base_seed = self._seed_source.seed()
+            for k in range(n):
+                self._pool.send(k, Resume(self._epoch, self._base_seed))
+        for _ in range(self._prefetch_factor * n):
+            self._try_put_index()
+
+    def _try_put_index(self) -> None:
+        max_tasks = self._prefetch_factor * self._num_workers
+        assert self._tasks_outstanding < max_tasks
+        try:
+            index = self._next_index()
+        except StopIteration:
+            return
+        worker_id = self._pick_worker(max_tasks)
+        if worker_id is None:
+            return  # every worker is inactive; the epoch is ending
+        self._pool.send(worker_id, Task(self._epoch, self._send_idx, index))
+        self._task_info[self._send_idx] = _Pending(worker_id)
+        self._workers_num_tasks[worker_id] += 1
+        self._tasks_outstanding += 1
+        self._send_idx += 1
+
+    def _pick_worker(self, max_tasks: int) -> int | None:
+        active = sum(self._workers_status)
+        for _ in range(self._num_workers):
+            worker_id = next(self._worker_cycle)
+            if not self._workers_status[worker_id]:
+                continue
+            if self._in_order or self._workers_num_tasks[worker_id] < max_tasks // active:
+                return worker_id
+        return None
+
+    # ------------------------------------------------------------------ receiving
+
+    def _get_data(self) -> tuple[Any, Any]:
+        timeout = self._timeout if self._timeout > 0 else None
+        try:
+            return self._pool.receive(timeout)
+        except TimeoutError:
+            raise DataLoaderTimeoutError(
+                f"DataLoader timed out after {self._timeout} seconds") from None
+        except WorkerError:
+            self._shutdown()
+            raise
+
+    def _next_data(self) -> Any:
+        if self._pool is None:
+            raise StopIteration
+        while True:
+            while self._rcvd_idx < self._send_idx:
+                info = self._task_info.get(self._rcvd_idx)
+                if info is not None and (info.arrived or self._workers_status[info.worker_id]):
+                    break
+                self._task_info.pop(self._rcvd_idx, None)
+                self._rcvd_idx += 1
+            else:
+                if not self._persistent:
+                    self._shutdown()
+                raise StopIteration
+
+            info = self._task_info[self._rcvd_idx]
+            if info.arrived:
+                del self._task_info[self._rcvd_idx]
+                self._rcvd_idx += 1
+                return self._process(info.data, info.worker_id)
+
+            message, batch = self._get_data()
+            if message.epoch != self._epoch:
+                continue  # a result of an abandoned epoch; its slot lease lapses with it
+            self._tasks_outstanding -= 1
+            kind = type(message)
+            if kind is IterEnd:
+                self._workers_status[message.worker_id] = False
+                self._task_info.pop(message.batch_id, None)
+                self._try_put_index()
+                continue
+            outcome = batch if kind is Result else message
+            idx = message.batch_id
+            if idx != self._rcvd_idx:
+                if self._in_order:
+                    pending = self._task_info[idx]
+                    pending.data, pending.arrived = outcome, True
+                    continue
+                del self._task_info[idx]
+                return self._process(outcome, message.worker_id)
+            del self._task_info[idx]
+            self._rcvd_idx += 1
+            return self._process(outcome, message.worker_id)
+
+    def _process(self, data: Any, worker_id: int) -> Any:
+        self._workers_num_tasks[worker_id] -= 1
+        self._try_put_index()
+        if type(data) is Failure:
+            raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
+                                    data.indices, data.text)
+        return data
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+
+    def close(self) -> None:
+        """Stop the workers now; the iterator is finished afterwards."""
+        self._shutdown()
+
+    def __del__(self) -> None:
+        try:
+            self._shutdown()
+        except Exception:
+            pass

@@ -1,0 +1,256 @@
+"""``default_collate`` and ``default_convert``: torch's element rules, numpy results.
+
+The rules are torch's (``torch.utils.data._utils.collate``): int -> int64, float ->
+float64, bool -> bool, numpy scalars and arrays keep their dtype, str/bytes batches come
+back unchanged, mappings / namedtuples / sequences keep or lose their container type as
+torch does. Where torch returns a ``torch.Tensor`` these return a ``numpy.ndarray``; when
+the samples hold torch tensors, they return torch tensors. (The DataLoader turns arrays
+into tensors when torch output is in force: see ``loader/_output.py``.)
+
+Every array a collate function creates comes from :func:`allocate`, which is
+``numpy.empty`` in the main process and a bump allocator over a shared-memory slot inside
+a worker, so a batch is written once, straight into the memory the main process reads.
+
+The dispatch table :data:`default_collate_fn_map` is public and may be extended, as in
+torch: ``default_collate_fn_map[MyType] = my_collate`` or ``collate(batch,
+collate_fn_map=...)``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import copy
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "allocate",
+    "collate",
+    "collate_numpy_array_fn",
+    "collate_numpy_scalar_fn",
+    "default_collate",
+    "default_collate_err_msg_format",
+    "default_collate_fn_map",
+    "default_convert",
+    "use_allocator",
+]
+
+default_collate_err_msg_format = (
+    "default_collate: batch must contain tensors, numpy arrays, numbers, "
+    "dicts or lists; found {}"
+)
+
+_STRING_OR_OBJECT_KINDS = frozenset("SaUO")  # dtype chars torch refuses to collate
+
+Allocator = Callable[[tuple, np.dtype], np.ndarray]
+
+
+def _empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+_allocator: Allocator = _empty
+
+
+def allocate(shape: tuple, dtype: Any) -> np.ndarray:
+    """A new uninitialised array from the allocator in force (``np.empty`` by default)."""
+    return _allocator(shape, np.dtype(dtype))
+
+
+def use_allocator(allocator: Allocator | None) -> Allocator:
+    """Install ``allocator`` (``None``: back to ``np.empty``) and return the previous one.
+
+    Workers install a shared-memory slot allocator around each fetch; nothing else should.
+    """
+    global _allocator
+    previous = _allocator
+    _allocator = allocator or _empty
+    return previous
+
+
+# ---------------------------------------------------------------------------- collate
+
+
+def collate_numpy_array_fn(batch, *, collate_fn_map=None):
+    elem = batch[0]
+    if elem.dtype.char in _STRING_OR_OBJECT_KINDS:
+        raise TypeError(default_collate_err_msg_format.format(elem.dtype))
+    dtype, shape = elem.dtype, elem.shape
+    for i, a in enumerate(batch):
+        if a.shape != shape:
+            raise RuntimeError(
+                "stack expects each tensor to be equal size, but got "
+                f"{list(shape)} at entry 0 and {list(a.shape)} at entry {i}"
+            )
+        if a.dtype != dtype:
+            dtype = np.result_type(*[x.dtype for x in batch])
+            break
+    out = allocate((len(batch),) + shape, dtype)
+    np.stack(batch, out=out)
+    return out
+
+
+def collate_numpy_scalar_fn(batch, *, collate_fn_map=None):
+    return np.array(batch)
+
+
+def collate_float_fn(batch, *, collate_fn_map=None):
+    return np.array(batch, dtype=np.float64)
+
+
+def collate_int_fn(batch, *, collate_fn_map=None):
+    out = np.array(batch)
+    if out.dtype.kind not in "bi":  # ints beyond int64, or mixed with floats
+        out = np.array(batch, dtype=np.int64)
+    return out
+
+
+def collate_str_fn(batch, *, collate_fn_map=None):
+    return batch
+
+
+def collate_tensor_fn(batch, *, collate_fn_map=None):
+    torch = sys.modules["torch"]
+    elem = batch[0]
+    if elem.is_nested:
+        raise RuntimeError(
+            "Batches of nested tensors are not currently supported by the default collate_fn; "
+            "please provide a custom collate_fn to handle them appropriately."
+        )
+    if elem.layout in {
+        torch.sparse_coo, torch.sparse_csr, torch.sparse_bsr, torch.sparse_csc, torch.sparse_bsc
+    }:
+        raise RuntimeError(
+            "Batches of sparse tensors are not currently supported by the default collate_fn; "
+            "please provide a custom collate_fn to handle them appropriately."
+        )
+    out = None
+    if _allocator is not _empty and elem.device.type == "cpu":
+        try:
+            np_dtype = torch.empty((), dtype=elem.dtype).numpy().dtype
+        except TypeError:  # bfloat16 and friends have no numpy dtype
+            np_dtype = None
+        if np_dtype is not None:
+            out = torch.from_numpy(allocate((len(batch),) + tuple(elem.shape), np_dtype))
+    return torch.stack(batch, 0, out=out)
+
+
+default_collate_fn_map: dict[type | tuple[type, ...], Callable] = {
+    np.ndarray: collate_numpy_array_fn,
+    (np.bool_, np.number, np.object_): collate_numpy_scalar_fn,
+    float: collate_float_fn,
+    int: collate_int_fn,
+    str: collate_str_fn,
+    bytes: collate_str_fn,
+}
+
+
+def _register_torch() -> None:
+    """Add torch.Tensor to the default map once torch has been imported by someone."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.Tensor not in default_collate_fn_map:
+        default_collate_fn_map[torch.Tensor] = collate_tensor_fn
+
+
+def _lookup(elem_type: type, elem: Any, collate_fn_map: dict) -> Callable | None:
+    fn = collate_fn_map.get(elem_type)
+    if fn is not None:
+        return fn
+    for key, fn in collate_fn_map.items():
+        if isinstance(elem, key):
+            return fn
+    return None
+
+
+def collate(batch, *, collate_fn_map: dict | None = None):
+    """Collate a list of samples with ``collate_fn_map``, recursing into containers."""
+    elem = batch[0]
+    elem_type = type(elem)
+    if collate_fn_map is not None:
+        fn = _lookup(elem_type, elem, collate_fn_map)
+        if fn is not None:
+            return fn(batch, collate_fn_map=collate_fn_map)
+
+    if isinstance(elem, collections.abc.Mapping):
+        fields = {key: collate([d[key] for d in batch], collate_fn_map=collate_fn_map)
+                  for key in elem}
+        return _rebuild_mapping(elem, fields)
+    if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
+        return elem_type(*(collate(list(s), collate_fn_map=collate_fn_map)
+                           for s in zip(*batch)))
+    if isinstance(elem, collections.abc.Sequence):
+        size = len(elem)
+        if any(len(e) != size for e in batch):
+            raise RuntimeError("each element in list of batch should be of equal size")
+        items = [collate(list(s), collate_fn_map=collate_fn_map) for s in zip(*batch)]
+        return _rebuild_sequence(elem, items)
+    raise TypeError(default_collate_err_msg_format.format(elem_type))
+
+
+def default_collate(batch):
+    """Collate a list of samples into a batch: torch's rules, numpy arrays out.
+
+    >>> default_collate([(0, 1.5), (1, 2.5)])
+    [array([0, 1]), array([1.5, 2.5])]
+    """
+    _register_torch()
+    return collate(batch, collate_fn_map=default_collate_fn_map)
+
+
+# ---------------------------------------------------------------------------- convert
+
+
+def default_convert(data):
+    """Convert one sample without batching (the ``batch_size=None`` path), as torch does.
+
+    numpy scalars become 0-d arrays, arrays stay (string/object arrays untouched),
+    containers follow the collate rules, everything else comes back unchanged.
+    """
+    elem_type = type(data)
+    if isinstance(data, np.ndarray):
+        if type(data) is not np.ndarray and data.dtype.char not in _STRING_OR_OBJECT_KINDS:
+            return data.view(np.ndarray)  # memmap and other subclasses become plain arrays
+        return data
+    if isinstance(data, (np.bool_, np.number)):
+        return np.asarray(data)
+    if isinstance(data, collections.abc.Mapping):
+        return _rebuild_mapping(data, {key: default_convert(data[key]) for key in data})
+    if isinstance(data, tuple) and hasattr(data, "_fields"):
+        return elem_type(*(default_convert(d) for d in data))
+    if isinstance(data, tuple):
+        return [default_convert(d) for d in data]
+    if isinstance(data, collections.abc.Sequence) and not isinstance(data, (str, bytes)):
+        return _rebuild_sequence(data, [default_convert(d) for d in data])
+    return data
+
+
+# ---------------------------------------------------------------------------- containers
+
+
+def _rebuild_mapping(template, fields: dict):
+    """A mapping like ``template`` holding ``fields``: same class where torch keeps it."""
+    try:
+        if isinstance(template, collections.abc.MutableMapping):
+            clone = copy.copy(template)
+            clone.update(fields)
+            return clone
+        return type(template)(fields)
+    except TypeError:  # the mapping type cannot be built from a dict
+        return fields
+
+
+def _rebuild_sequence(template, items: list):
+    """A sequence like ``template`` holding ``items``; tuples become lists, as in torch."""
+    if isinstance(template, tuple):
+        return items
+    try:
+        if isinstance(template, collections.abc.MutableSequence):
+            clone = copy.copy(template)
+            for i, item in enumerate(items):
+                clone[i] = item
+            return clone
+        return type(template)(items)
+    except TypeError:  # e.g. range: cannot be rebuilt from a list
+        return items

@@ -1,0 +1,288 @@
+"""``DataLoader``: torch's signature, validation, messages and length rules.
+
+Construction validates the arguments in torch's order with torch's messages, builds the
+default sampler and batch sampler, and freezes the attributes torch freezes. Iteration
+returns a :class:`~loader.iterators.SingleProcessIter` or, with workers, a
+``MultiProcessIter``; with ``persistent_workers`` the same iterator is reset every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as std_multiprocessing
+import os
+import warnings
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+import multiprocess
+
+from loader import _output
+from loader._random import as_source
+from loader.collate import default_collate, default_convert
+from loader.dataset import is_iterable_dataset
+from loader.iterators import BaseIter, SingleProcessIter
+from loader.sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
+
+__all__ = ["DataLoader"]
+
+T_co = TypeVar("T_co", covariant=True)
+TCollated = TypeVar("TCollated")
+
+_FROZEN = ("batch_size", "batch_sampler", "sampler", "drop_last", "dataset",
+           "persistent_workers")
+
+
+class _InfiniteConstantSampler(Sampler):
+    """The sampler of an IterableDataset: ``None`` forever (the dataset decides the end)."""
+
+    def __iter__(self):
+        while True:
+            yield None
+
+
+def _cpu_count() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _as_context(ctx: Any) -> Any:
+    """A ``multiprocess`` context (dill pickling) for a start method or any context."""
+    if isinstance(ctx, multiprocess.context.BaseContext):
+        return ctx
+    return multiprocess.get_context(ctx.get_start_method())
+
+
+class DataLoader(Generic[T_co]):
+    """Combines a dataset and a sampler and iterates over batches, like torch's DataLoader.
+
+    Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
+    Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``).
+    """
+
+    __initialized = False
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Sampler | Iterable | None = None,
+        batch_sampler: Sampler | Iterable | None = None,
+        num_workers: int = 0,
+        collate_fn: Callable | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Callable[[int], None] | None = None,
+        multiprocessing_context: Any = None,
+        generator: Any = None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        output: str | None = "auto",
+    ) -> None:
+        if num_workers < 0:
+            raise ValueError(
+                "num_workers option should be non-negative; "
+                "use num_workers=0 to disable multiprocessing."
+            )
+        if timeout < 0:
+            raise ValueError("timeout option should be non-negative")
+        if num_workers == 0 and prefetch_factor is not None:
+            raise ValueError(
+                "prefetch_factor option could only be specified in multiprocessing."
+                "let num_workers > 0 to enable multiprocessing, otherwise set "
+                "prefetch_factor to None."
+            )
+        elif num_workers > 0 and prefetch_factor is None:
+            prefetch_factor = 2
+        elif prefetch_factor is not None and prefetch_factor < 0:
+            raise ValueError("prefetch_factor option should be non-negative")
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers option needs num_workers > 0")
+
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self.pin_memory_device = pin_memory_device
+        self.timeout = timeout
+        self.worker_init_fn = worker_init_fn
+        self.multiprocessing_context = multiprocessing_context
+        self.in_order = in_order
+
+        self._dataset_kind_iterable = is_iterable_dataset(dataset)
+        if self._dataset_kind_iterable:
+            if shuffle not in {False, None}:
+                raise ValueError(
+                    "DataLoader with IterableDataset: expected unspecified shuffle option, "
+                    f"but got shuffle={shuffle}"
+                )
+            if sampler is not None:
+                raise ValueError(
+                    "DataLoader with IterableDataset: expected unspecified sampler option, "
+                    f"but got sampler={sampler}"
+                )
+            if batch_sampler is not None:
+                raise ValueError(
+                    "DataLoader with IterableDataset: expected unspecified batch_sampler "
+                    f"option, but got batch_sampler={batch_sampler}"
+                )
+        else:
+            shuffle = bool(shuffle)
+
+        if sampler is not None and shuffle:
+            raise ValueError("sampler option is mutually exclusive with shuffle")
+        if batch_sampler is not None:
+            if batch_size != 1 or shuffle or sampler is not None or drop_last:
+                raise ValueError(
+                    "batch_sampler option is mutually exclusive with batch_size, shuffle, "
+                    "sampler, and drop_last"
+                )
+            batch_size = None
+            drop_last = False
+        elif batch_size is None and drop_last:
+            raise ValueError(
+                "batch_size=None option disables auto-batching and is mutually exclusive "
+                "with drop_last"
+            )
+
+        self._seed_source = as_source(generator)
+        if sampler is None:
+            if self._dataset_kind_iterable:
+                sampler = _InfiniteConstantSampler()
+            elif shuffle:
+                sampler = RandomSampler(dataset, generator=self._seed_source)
+            else:
+                sampler = SequentialSampler(dataset)
+        if batch_size is not None and batch_sampler is None:
+            batch_sampler = BatchSampler(sampler, batch_size, drop_last)
+
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.sampler = sampler
+        self.batch_sampler = batch_sampler
+        self.generator = generator
+        if collate_fn is None:
+            collate_fn = default_collate if self._auto_collation else default_convert
+        self.collate_fn = collate_fn
+        self.persistent_workers = persistent_workers
+        self.output = output
+        self._as_torch = _output.resolve_output(output)
+
+        self.__initialized = True
+        self._IterableDataset_len_called: int | None = None
+        self._iterator: BaseIter | None = None
+        self.check_worker_number_rationality()
+
+    # ------------------------------------------------------------------ attributes
+
+    @property
+    def multiprocessing_context(self) -> Any:
+        return self.__multiprocessing_context
+
+    @multiprocessing_context.setter
+    def multiprocessing_context(self, ctx: Any) -> None:
+        if ctx is not None:
+            if self.num_workers > 0:
+                if isinstance(ctx, str):
+                    valid = multiprocess.get_all_start_methods()
+                    if ctx not in valid:
+                        raise ValueError(
+                            "multiprocessing_context option should specify a valid start "
+                            f"method in {valid!r}, but got multiprocessing_context={ctx!r}"
+                        )
+                    ctx = multiprocess.get_context(ctx)
+                if not isinstance(ctx, (std_multiprocessing.context.BaseContext,
+                                        multiprocess.context.BaseContext)):
+                    raise TypeError(
+                        "multiprocessing_context option should be a valid context object or a "
+                        "string specifying the start method, but got "
+                        f"multiprocessing_context={ctx}"
+                    )
+            else:
+                raise ValueError(
+                    "multiprocessing_context can only be used with multi-process loading "
+                    f"(num_workers > 0), but got num_workers={self.num_workers}"
+                )
+        self.__multiprocessing_context = ctx
+
+    def _worker_context(self) -> Any:
+        """The ``multiprocess`` context workers start from (fork by default on Linux)."""
+        ctx = self.multiprocessing_context
+        return multiprocess.get_context() if ctx is None else _as_context(ctx)
+
+    def __setattr__(self, attr: str, val: Any) -> None:
+        if self.__initialized and attr in _FROZEN:
+            raise ValueError(
+                f"{attr} attribute should not be set after {type(self).__name__} is initialized"
+            )
+        super().__setattr__(attr, val)
+
+    @property
+    def _auto_collation(self) -> bool:
+        return self.batch_sampler is not None
+
+    @property
+    def _index_sampler(self) -> Any:
+        return self.batch_sampler if self._auto_collation else self.sampler
+
+    # ------------------------------------------------------------------ iteration
+
+    def _get_iterator(self) -> BaseIter:
+        if self.num_workers == 0:
+            return SingleProcessIter(self)
+        self.check_worker_number_rationality()
+        from loader._multiprocess import MultiProcessIter
+        return MultiProcessIter(self)
+
+    def __iter__(self) -> BaseIter:
+        if self.persistent_workers and self.num_workers > 0:
+            if self._iterator is None:
+                self._iterator = self._get_iterator()
+            else:
+                self._iterator._reset(self)
+            return self._iterator
+        return self._get_iterator()
+
+    def __len__(self) -> int:
+        if self._dataset_kind_iterable:
+            length = self._IterableDataset_len_called = len(self.dataset)
+            if self.batch_size is not None:
+                length = (length // self.batch_size if self.drop_last
+                          else math.ceil(length / self.batch_size))
+            return length
+        return len(self._index_sampler)
+
+    def check_worker_number_rationality(self) -> None:
+        """Warn, as torch does, when more workers are asked for than there are CPUs."""
+        if not self.num_workers:
+            return
+        suggest = _cpu_count()
+        if suggest is not None and self.num_workers <= suggest:
+            return
+        if suggest is None:
+            suggestion = ("DataLoader is not able to compute a suggested max number of worker "
+                          "in current system.")
+        else:
+            cpuset = "" if hasattr(os, "sched_getaffinity") else " (`cpuset` is not taken into account)"
+            suggestion = (f"Our suggested max number of worker in current system is {suggest}"
+                          f"{cpuset}, which is smaller than what this DataLoader is going to "
+                          "create.")
+        warnings.warn(
+            f"This DataLoader will create {self.num_workers} worker processes in total. "
+            f"{suggestion} Please be aware that excessive worker creation might get DataLoader "
+            "running slow or even freeze, lower the worker number to avoid potential "
+            "slowness/freeze if necessary.",
+            stacklevel=2,
+        )
+
+    def close(self) -> None:
+        """Shut down persistent workers now (they also stop when the loader is collected)."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "close"):
+            iterator.close()

@@ -1,0 +1,105 @@
+"""The iterator protocol shared by both engines, and the single-process engine.
+
+``iter(loader)`` returns a :class:`SingleProcessIter` (``num_workers=0``) or a
+``MultiProcessIter`` (``loader/_multiprocess.py``). Both draw ``base_seed`` first and the
+sampler's seed second, count what they yield for the IterableDataset over-length warning,
+and hand the batch through the same output step (torch tensors, pinning).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from loader import _output
+from loader._random import as_source
+from workers.fetch import make_fetcher
+
+__all__ = ["BaseIter", "SingleProcessIter"]
+
+
+class BaseIter:
+    """What every DataLoader iterator does around ``_next_data()``."""
+
+    def __init__(self, loader: Any) -> None:
+        self._dataset = loader.dataset
+        self._iterable = loader._dataset_kind_iterable
+        self._len_called = loader._IterableDataset_len_called
+        self._auto_collation = loader._auto_collation
+        self._drop_last = loader.drop_last
+        self._index_sampler = loader._index_sampler
+        self._num_workers = loader.num_workers
+        self._timeout = loader.timeout
+        self._collate_fn = loader.collate_fn
+        self._seed_source = as_source(loader._seed_source)
+        self._as_torch = loader._as_torch
+        if loader.pin_memory and loader.pin_memory_device:
+            warnings.warn(
+                "pin_memory_device is deprecated, the current accelerator will be used as the "
+                f"device,ignore pin_memory_device='{loader.pin_memory_device}'.",
+                stacklevel=3,
+            )
+        if loader.pin_memory and not _output.pin_available():
+            _output.warn_no_pin()
+        self._pin = bool(loader.pin_memory and self._as_torch and _output.pin_available())
+        self._sampler_iter = iter(self._index_sampler)
+        self._base_seed = self._seed_source.seed()
+        self._num_yielded = 0
+
+    def __iter__(self) -> "BaseIter":
+        return self
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        self._sampler_iter = iter(self._index_sampler)
+        self._num_yielded = 0
+        self._len_called = loader._IterableDataset_len_called
+
+    def _next_index(self) -> Any:
+        return next(self._sampler_iter)  # StopIteration ends the epoch
+
+    def _next_data(self) -> Any:
+        raise NotImplementedError
+
+    def __next__(self) -> Any:
+        data = self._next_data()
+        self._num_yielded += 1
+        if self._iterable and self._len_called is not None and self._num_yielded > self._len_called:
+            msg = (
+                f"Length of IterableDataset {self._dataset} was reported to be {self._len_called}"
+                f"(when accessing len(dataloader)), but {self._num_yielded} samples have been "
+                "fetched. "
+            )
+            if self._num_workers > 0:
+                msg += (
+                    "For multiprocessing data-loading, this could be caused by not properly "
+                    "configuring the IterableDataset replica at each worker. Please see "
+                    "https://pytorch.org/docs/stable/data.html#torch.utils.data.IterableDataset "
+                    "for examples."
+                )
+            warnings.warn(msg, stacklevel=2)
+        if self._as_torch:
+            data = _output.to_torch(data)
+            if self._pin:
+                data = _output.pin(data)
+        return data
+
+    def __len__(self) -> int:
+        return len(self._index_sampler)
+
+    def __getstate__(self):
+        raise NotImplementedError(f"{type(self).__name__} cannot be pickled")
+
+
+class SingleProcessIter(BaseIter):
+    """``num_workers=0``: fetch and collate in the calling thread, as a worker would."""
+
+    def __init__(self, loader: Any) -> None:
+        super().__init__(loader)
+        if self._timeout != 0:
+            raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
+        self._fetcher = make_fetcher(self._iterable, self._dataset, self._auto_collation,
+                                     self._collate_fn, self._drop_last)
+
+    def _next_data(self) -> Any:
+        index = self._next_index()
+        return self._fetcher.fetch(index)

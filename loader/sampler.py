@@ -1,0 +1,260 @@
+"""Samplers: which indices a loader fetches, and in what order.
+
+The ``torch.utils.data.sampler`` API with numpy doing the drawing. Every random sampler
+keeps the user's ``generator`` object as ``self.generator`` and draws through
+:func:`loader._random.as_source`: each ``__iter__`` takes one numpy generator for the
+pass, lazily on the first ``next()`` as torch does. So an unseeded sampler gives a new
+order every epoch, ``torch.manual_seed`` (or ``np.random.seed`` without torch) makes it
+reproducible, and a seeded sampler repeats across runs while still changing per epoch.
+All samplers yield Python ints.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from ._random import as_source
+
+__all__ = [
+    "BatchSampler",
+    "RandomSampler",
+    "Sampler",
+    "SequentialSampler",
+    "SubsetRandomSampler",
+    "WeightedRandomSampler",
+]
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+_DRAW_CHUNK = 1024  # indices drawn per numpy call with replacement: amortises the call
+# overhead while bounding the draws wasted when a pass is abandoned early
+
+
+class Sampler(Generic[_T_co]):
+    """Base class: subclasses implement ``__iter__`` and, when they can, ``__len__``.
+
+    There is deliberately no default ``__len__`` (``len()`` then raises ``TypeError``),
+    so callers such as ``list()`` and the loader can tell sized from unsized samplers.
+    """
+
+    def __iter__(self) -> Iterator[_T_co]:
+        raise NotImplementedError
+
+
+class SequentialSampler(Sampler[int]):
+    """``0, 1, ..., len(data_source) - 1``, with the length read at each pass."""
+
+    data_source: Sized
+
+    def __init__(self, data_source: Sized) -> None:
+        self.data_source = data_source
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.data_source)))
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+
+class RandomSampler(Sampler[int]):
+    """Random indices into ``data_source``.
+
+    Without replacement it yields ``num_samples // n`` full permutations and then the
+    start of one more; with replacement, ``num_samples`` independent uniform draws.
+    ``num_samples`` defaults to ``len(data_source)``, read at each use.
+    """
+
+    data_source: Sized
+    replacement: bool
+
+    def __init__(
+        self,
+        data_source: Sized,
+        replacement: bool = False,
+        num_samples: int | None = None,
+        generator: Any = None,
+    ) -> None:
+        self.data_source = data_source
+        self.replacement = replacement
+        self._num_samples = num_samples
+        self.generator = generator
+        self._source = as_source(generator)
+        if not isinstance(replacement, bool):
+            raise TypeError(
+                f"replacement should be a boolean value, but got replacement={replacement}"
+            )
+        if not isinstance(self.num_samples, int) or self.num_samples <= 0:
+            raise ValueError(
+                "num_samples should be a positive integer value, "
+                f"but got num_samples={self.num_samples}"
+            )
+
+    @property
+    def num_samples(self) -> int:
+        """How many indices one pass yields."""
+        if self._num_samples is None:
+            return len(self.data_source)
+        return self._num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.data_source)
+        total = self.num_samples
+        rng = self._source.numpy()
+        if self.replacement:
+            for start in range(0, total, _DRAW_CHUNK):
+                yield from rng.integers(0, n, size=min(_DRAW_CHUNK, total - start)).tolist()
+            return
+        for _ in range(total // n):
+            yield from rng.permutation(n).tolist()
+        if total % n:
+            yield from rng.permutation(n)[: total % n].tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class SubsetRandomSampler(Sampler[int]):
+    """The elements of ``indices`` in a random order, each once per pass."""
+
+    indices: Sequence[int]
+
+    def __init__(self, indices: Sequence[int], generator: Any = None) -> None:
+        self.indices = indices
+        self.generator = generator
+        self._source = as_source(generator)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._source.numpy().permutation(len(self.indices))
+        if isinstance(self.indices, np.ndarray):
+            yield from self.indices[order].tolist()
+        else:
+            for i in order.tolist():
+                yield self.indices[i]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class WeightedRandomSampler(Sampler[int]):
+    """``num_samples`` indices into ``weights``, index ``i`` with probability ∝ ``weights[i]``.
+
+    Weights are checked when a pass starts, as torch's ``multinomial`` does. Without
+    replacement a pass cannot draw more indices than there are nonzero weights; torch
+    then fills up with zero-weight indices while they last, this raises ``RuntimeError``.
+    """
+
+    weights: np.ndarray
+    num_samples: int
+    replacement: bool
+
+    def __init__(
+        self,
+        weights: Sequence[float],
+        num_samples: int,
+        replacement: bool = True,
+        generator: Any = None,
+    ) -> None:
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
+            raise ValueError(
+                f"num_samples should be a positive integer value, but got num_samples={num_samples}"
+            )
+        if not isinstance(replacement, bool):
+            raise ValueError(
+                f"replacement should be a boolean value, but got replacement={replacement}"
+            )
+        weights_array = np.asarray(weights, dtype=np.float64)
+        if weights_array.ndim != 1:
+            raise ValueError(
+                "weights should be a 1d sequence but given "
+                f"weights have shape {tuple(weights_array.shape)}"
+            )
+        self.weights = weights_array
+        self.num_samples = num_samples
+        self.replacement = replacement
+        self.generator = generator
+        self._source = as_source(generator)
+
+    def __iter__(self) -> Iterator[int]:
+        p = _probabilities(np.asarray(self.weights, dtype=np.float64))
+        if not self.replacement:
+            _check_enough_weights(p, self.num_samples)
+        rng = self._source.numpy()
+        draws = rng.choice(len(p), size=self.num_samples, replace=self.replacement, p=p)
+        yield from draws
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _probabilities(weights: np.ndarray) -> np.ndarray:
+    """Weights normalised to sum to 1, rejected with torch's ``multinomial`` messages."""
+    if np.isnan(weights).any() or (weights < 0).any():
+        raise RuntimeError("invalid multinomial distribution (encountering probability entry < 0)")
+    if np.isinf(weights).any():
+        raise RuntimeError(
+            "invalid multinomial distribution (encountering probability entry = infinity or NaN)"
+        )
+    total = weights.sum()
+    if not total > 0:
+        raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    return weights / total
+
+
+def _check_enough_weights(p: np.ndarray, num_samples: int) -> None:
+    if num_samples > len(p):
+        raise RuntimeError(
+            "cannot sample n_sample > prob_dist.size(-1) samples without replacement"
+        )
+    nonzero = int(np.count_nonzero(p))
+    if num_samples > nonzero:
+        raise RuntimeError(
+            f"cannot draw {num_samples} samples without replacement: "
+            f"only {nonzero} of the {len(p)} weights are nonzero"
+        )
+
+
+_END = object()  # pads the last batch inside zip_longest; never a real index
+
+
+class BatchSampler(Sampler[list[int]]):
+    """Groups the indices of ``sampler`` (any iterable) into lists of ``batch_size``.
+
+    The last, shorter batch is kept unless ``drop_last``. ``len()`` needs ``len(sampler)``.
+    """
+
+    def __init__(
+        self, sampler: Sampler[int] | Iterable[int], batch_size: int, drop_last: bool
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(
+                f"batch_size should be a positive integer value, but got batch_size={batch_size}"
+            )
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last should be a boolean value, but got drop_last={drop_last}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # zip over one iterator repeated batch_size times cuts full batches in C, about
+        # twice as fast as islice per batch for small batches; zip_longest's padding
+        # marks the short last batch without needing len(sampler).
+        repeated = [iter(self.sampler)] * self.batch_size
+        if self.drop_last:
+            for batch in zip(*repeated):
+                yield [*batch]
+            return
+        for batch in itertools.zip_longest(*repeated, fillvalue=_END):
+            if batch[-1] is _END:
+                yield [i for i in batch if i is not _END]
+            else:
+                yield [*batch]
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
+        return (len(self.sampler) + self.batch_size - 1) // self.batch_size

@@ -1,0 +1,271 @@
+"""The worker process: receive a task, fetch, collate into a slot, publish, repeat.
+
+```
+ main ──Task/Release/Resume/Stop──▶ PULL (bound at ipc://@<run>-task-k)
+                                     │ fetch + collate (workers/fetch.py) into a free slot
+ main ◀──Result/Failure/IterEnd───── PUSH (connects to ipc://@<run>-results)
+```
+
+- The parent: binds the results socket, connects to each worker's task socket (so tasks
+  queue before the worker is up), creates the slots, and watches every worker's sentinel.
+- The worker: one task at a time, in arrival order; messages waiting behind the current
+  task are read first, so releases return slots early and a ``Resume`` drops stale tasks.
+  User code that raises becomes a ``Failure``; a replica that ends becomes ``IterEnd``.
+- Shutdown: ``Stop`` ends the loop; so does the death of the main process (a pidfd in the
+  same poll, or a parent-pid check where pidfds are missing). The worker leaves with
+  ``os._exit`` so nothing inherited from the parent runs at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from ipc import codec
+from ipc.arena import SlotWriter
+from ipc.messages import Failure, IterEnd, Release, Result, Resume, Started, Stop, Task
+from loader import collate
+from loader.worker_info import WorkerInfo, _set_worker_info
+from workers.fetch import make_fetcher
+from workers.seeding import seed_worker
+
+__all__ = ["WorkerSpec", "worker_main"]
+
+_PARENT_CHECK_MS = 1000  # how often a worker without a pidfd checks that its parent lives
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, sent once when it starts."""
+
+    worker_id: int
+    num_workers: int
+    dataset: Any
+    iterable: bool
+    auto_collation: bool
+    collate_fn: Callable
+    drop_last: bool
+    worker_init_fn: Callable | None
+    base_seed: int
+    task_address: str
+    result_address: str
+    main_pid: int
+    slot_fds: list
+    fds_inherited: bool
+    close_fds: list  # other loaders' slots inherited through fork, closed at start
+    thread_limit: int | None
+
+
+class _Epoch:
+    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
+
+    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool) -> None:
+        self.epoch = epoch
+        self.ended = False
+        self.fetcher = None
+        self.init_error: Failure | None = None
+        seed, rng = seed_worker(base_seed, spec.worker_id)
+        _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
+                                    dataset=spec.dataset, rng=rng, epoch=epoch))
+        try:
+            if run_init and spec.worker_init_fn is not None:
+                spec.worker_init_fn(spec.worker_id)
+            self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
+                                        spec.collate_fn, spec.drop_last)
+        except Exception as exc:  # reported as the reply to this epoch's first task
+            self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+
+
+def _failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
+             indices: Any) -> Failure:
+    try:
+        exc_type = pickle.dumps(type(exc))
+    except Exception:  # a local exception class: the main process raises RuntimeError
+        exc_type = None
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Failure(epoch, batch_id, worker_id, type(exc).__name__, exc_type, text, indices)
+
+
+def _limit_threads(limit: int | None) -> None:
+    if limit is None:
+        return
+    for name in _THREAD_ENV:
+        os.environ.setdefault(name, str(limit))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(limit)
+
+
+def _parent_watch(main_pid: int) -> int | None:
+    try:
+        return os.pidfd_open(main_pid)
+    except (AttributeError, OSError):
+        return None
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.ctx = zmq.Context(io_threads=1)
+        self.tasks = self.ctx.socket(zmq.PULL)
+        self.tasks.setsockopt(zmq.RCVHWM, 0)
+        self.tasks.bind(spec.task_address)
+        self.out = self.ctx.socket(zmq.PUSH)
+        self.out.setsockopt(zmq.SNDHWM, 0)
+        self.out.setsockopt(zmq.LINGER, -1)
+        self.out.connect(spec.result_address)
+        self.writer = SlotWriter.open(spec.main_pid, spec.slot_fds, spec.fds_inherited)
+        self.free = set(range(self.writer.num_slots))
+        self.pending: deque = deque()
+        self.parent_fd = _parent_watch(spec.main_pid)
+        self.poller = zmq.Poller()
+        self.poller.register(self.tasks, zmq.POLLIN)
+        if self.parent_fd is not None:
+            self.poller.register(self.parent_fd, zmq.POLLIN)
+        self.state = _Epoch(spec, 0, spec.base_seed, run_init=True)
+
+    def send(self, msg: Any, payload: bytes | None = None) -> None:
+        head = pickle.dumps(msg, protocol=5)
+        if payload is None:
+            self.out.send(head)
+        else:
+            self.out.send_multipart((head, payload), copy=len(payload) < 65536)
+
+    def parent_alive(self, events: dict) -> bool:
+        if self.parent_fd is not None:
+            return self.parent_fd not in events
+        return os.getppid() != 1 and _pid_exists(self.spec.main_pid)
+
+    def read_messages(self, block: bool) -> bool:
+        """Take in what is waiting (waiting first if ``block``); False when told to stop."""
+        if block:
+            while True:
+                events = dict(self.poller.poll(_PARENT_CHECK_MS))
+                if not self.parent_alive(events):
+                    return False
+                if self.tasks in events:
+                    break
+        while True:
+            try:
+                msg = pickle.loads(self.tasks.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return True
+            kind = type(msg)
+            if kind is Task:
+                self.pending.append(msg)
+            elif kind is Release:
+                self.free.update(msg.slots)
+            elif kind is Resume:
+                self.pending.clear()  # tasks of an abandoned epoch
+                self.pending.append(msg)
+            elif kind is Stop:
+                return False
+
+    def run(self) -> None:
+        self.send(Started(self.spec.worker_id, os.getpid()))
+        while True:
+            if not self.read_messages(block=not self.pending):
+                return
+            item = self.pending.popleft()
+            if type(item) is Resume:
+                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
+            else:
+                self.serve(item)
+
+    def serve(self, task: Task) -> None:
+        state, wid = self.state, self.spec.worker_id
+        if task.epoch != state.epoch or state.ended:
+            return  # stale, or this replica is already exhausted: no reply expected
+        if state.init_error is not None:
+            failure, state.init_error = state.init_error, None
+            self.send(failure._replace(batch_id=task.batch_id, indices=task.indices))
+            if state.fetcher is None:
+                state.ended = self.spec.iterable
+            return
+        if state.fetcher is None:
+            if self.spec.iterable:
+                state.ended = True
+                self.send(IterEnd(task.epoch, task.batch_id, wid))
+            return
+        slot = self.free.pop() if self.free else -1
+        writer = self.writer
+        writer.begin(slot)
+        previous = collate.use_allocator(writer.alloc)
+        try:
+            batch = state.fetcher.fetch(task.indices)
+            header, spans = codec.encode(batch, writer)
+            del batch
+        except StopIteration:
+            state.ended = True
+            self.release_unused(slot)
+            self.send(IterEnd(task.epoch, task.batch_id, wid))
+            return
+        except Exception as exc:
+            self.release_unused(slot)
+            self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
+            return
+        finally:
+            collate.use_allocator(previous)
+        size = writer.end()
+        if not spans:
+            self.release_unused(slot)
+            slot, size = -1, 0
+        self.send(Result(task.epoch, task.batch_id, wid, slot, size, spans), header)
+
+    def release_unused(self, slot: int) -> None:
+        self.writer.end()
+        if slot >= 0:
+            self.free.add(slot)
+
+    def close(self) -> None:
+        self.out.close(linger=1000)
+        self.tasks.close(linger=0)
+        self.ctx.term()
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    for fd in spec.close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _limit_threads(spec.thread_limit)
+    code = 0
+    worker = None
+    try:
+        worker = _Worker(spec)
+        worker.run()
+    except BaseException:  # an engine failure: say so on stderr, exit non-zero
+        traceback.print_exc()
+        code = 1
+    finally:
+        if worker is not None:
+            try:
+                worker.close()
+            except Exception:
+                pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
