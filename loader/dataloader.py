@@ -157,6 +157,7 @@ class DataLoader(Generic[T_co]):
                 sampler = _InfiniteConstantSampler()
             elif shuffle:
                 sampler = RandomSampler(dataset, generator=self._seed_source)
+                sampler.generator = generator  # shares our seed stream; shows the user's object
             else:
                 sampler = SequentialSampler(dataset)
         if batch_size is not None and batch_sampler is None:

@@ -184,7 +184,7 @@ class WeightedRandomSampler(Sampler[int]):
             _check_enough_weights(p, self.num_samples)
         rng = self._source.numpy()
         draws = rng.choice(len(p), size=self.num_samples, replace=self.replacement, p=p)
-        yield from draws
+        yield from draws.tolist()
 
     def __len__(self) -> int:
         return self.num_samples

@@ -176,6 +176,8 @@ class _Worker:
         while True:
             if not self.read_messages(block=not self.pending):
                 return
+            if not self.pending:
+                continue  # only releases arrived
             item = self.pending.popleft()
             if type(item) is Resume:
                 self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
