@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ipc.messages import Failure, IterEnd, Result, Resume, Task
+from ipc.messages import Failure, IterEnd, Result, Resume
 from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
 from loader.iterators import BaseIter
 from workers.pool import WorkerPool
@@ -103,7 +103,7 @@ class MultiProcessIter(BaseIter):
         worker_id = self._pick_worker(max_tasks)
         if worker_id is None:
             return  # every worker is inactive; the epoch is ending
-        self._pool.send(worker_id, Task(self._epoch, self._send_idx, index))
+        self._pool.send_task(worker_id, self._epoch, self._send_idx, index)
         self._task_info[self._send_idx] = _Pending(worker_id)
         self._workers_num_tasks[worker_id] += 1
         self._tasks_outstanding += 1

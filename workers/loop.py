@@ -31,7 +31,7 @@ import zmq
 
 from ipc import codec
 from ipc.arena import SlotWriter
-from ipc.messages import Failure, IterEnd, Release, Result, Resume, Started, Stop, Task
+from ipc.messages import Failure, IterEnd, Release, Result, Resume, Started, Stop, Task, pack, unpack
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from workers.fetch import make_fetcher
@@ -135,7 +135,7 @@ class _Worker:
         self.state = _Epoch(spec, 0, spec.base_seed, run_init=True)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
-        head = pickle.dumps(msg, protocol=5)
+        head = pack(msg)
         if payload is None:
             self.out.send(head)
         else:
@@ -155,14 +155,14 @@ class _Worker:
                     return False
                 if self.tasks in events:
                     break
-        while True:
-            try:
-                msg = pickle.loads(self.tasks.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                return True
+        tasks = self.tasks
+        while tasks.get(zmq.EVENTS) & zmq.POLLIN:
+            msg = unpack(tasks.recv())
             kind = type(msg)
             if kind is Task:
                 self.pending.append(msg)
+                if msg.released:
+                    self.free.update(msg.released)
             elif kind is Release:
                 self.free.update(msg.slots)
             elif kind is Resume:
@@ -170,6 +170,7 @@ class _Worker:
                 self.pending.append(msg)
             elif kind is Stop:
                 return False
+        return True
 
     def run(self) -> None:
         self.send(Started(self.spec.worker_id, os.getpid()))

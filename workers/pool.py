@@ -32,7 +32,7 @@ import zmq
 
 from ipc.arena import Arena
 from ipc.codec import decode
-from ipc.messages import Release, Result, Started, Stop
+from ipc.messages import Release, Result, Started, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
 from workers.loop import WorkerSpec, worker_main
 from workers.pickling import check_picklable
@@ -41,6 +41,7 @@ __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 5.0  # how long a worker may take to exit after Stop before it is killed
 _DEATH_GRACE_MS = 50  # after a sentinel fires: time for the dead worker's last message
+_POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 _ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in forked children
 
@@ -53,7 +54,8 @@ class WorkerPool:
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
                  thread_limit: int | None) -> None:
         self.num_workers = num_workers
-        self.released: deque = deque()
+        self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
+        self._held: list[list[int]] = [[] for _ in range(num_workers)]  # releases not yet sent
         self._closed = False
         self._processes: list = []
         self._pids: list[int | None] = [None] * num_workers
@@ -114,19 +116,29 @@ class WorkerPool:
         return list(self._processes)
 
     def send(self, worker_id: int, message: Any) -> None:
-        self._tasks[worker_id].send(pickle.dumps(message, protocol=5))
+        self._tasks[worker_id].send(pack(message))
 
-    def flush_releases(self) -> None:
-        """Return the slots whose batches the user has dropped to their workers."""
+    def send_task(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
+        """Queue a task for ``worker_id``, carrying the slots released to it so far."""
+        self._collect_releases()
+        held = self._held[worker_id]
+        released = tuple(held) if held else ()
+        held.clear()
+        self._tasks[worker_id].send(pack(Task(epoch, batch_id, indices, released)))
+
+    def _collect_releases(self) -> None:
         released = self.released
-        if not released:
-            return
-        by_worker: dict[int, list[int]] = {}
         while released:
             worker_id, slot = released.popleft()
-            by_worker.setdefault(worker_id, []).append(slot)
-        for worker_id, slots in by_worker.items():
-            self.send(worker_id, Release(tuple(slots)))
+            self._held[worker_id].append(slot)
+
+    def flush_releases(self) -> None:
+        """Send every held slot release now (before the main process blocks)."""
+        self._collect_releases()
+        for worker_id, held in enumerate(self._held):
+            if held:
+                self.send(worker_id, Release(tuple(held)))
+                held.clear()
 
     def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
         """The next (message, batch) from any worker; batch is None except for a Result.
@@ -134,33 +146,36 @@ class WorkerPool:
         Raises :class:`WorkerError` when a worker has died, and ``TimeoutError`` when
         ``timeout_s`` passes without a message.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        results = self._results
+        deadline = None
         while True:
+            if results.get(zmq.EVENTS) & zmq.POLLIN:
+                message = unpack(results.recv())
+                kind = type(message)
+                if kind is Result:
+                    return message, self._decode(message, results.recv())
+                if kind is not Started:
+                    return message, None
+                continue
             self.flush_releases()
-            try:
-                frames = self._results.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                frames = None
-            if frames is not None:
-                message = pickle.loads(frames[0])
-                if type(message) is Started:
-                    continue
-                return message, self._decode(message, frames)
-            wait_ms = 1000 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            events = dict(self._poller.poll(min(wait_ms, 1000)))
-            if self._results not in events and len(events):
+            if deadline is None and timeout_s is not None:
+                deadline = time.monotonic() + timeout_s
+            wait_ms = _POLL_MS if deadline is None else \
+                max(0, min(_POLL_MS, int((deadline - time.monotonic()) * 1000)))
+            events = dict(self._poller.poll(wait_ms))
+            if results in events:
+                continue
+            if events:
                 self._raise_if_dead()
-            if deadline is not None and time.monotonic() >= deadline and self._results not in events:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
 
-    def _decode(self, message: Any, frames: list) -> Any:
-        if type(message) is not Result:
-            return None
+    def _decode(self, message: Result, payload: bytes) -> Any:
         buffers = None
         if message.slot >= 0:
             buffers = self._arenas[message.worker_id].lease(message.slot, message.slot_size,
                                                             message.spans)
-        return decode(frames[1], buffers)
+        return decode(payload, buffers)
 
     def _raise_if_dead(self) -> None:
         dead = [(k, p) for k, p in enumerate(self._processes) if p.exitcode is not None]
