@@ -1,0 +1,69 @@
+"""Shared fixtures. Every test is checked for leaks: no worker process, no /dev/shm
+entry and no extra file descriptor may outlive it."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import psutil
+import pytest
+
+_SETTLE_S = 10.0  # how long teardown waits for workers that are already shutting down
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+    except FileNotFoundError:
+        return set()
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return [p for p in psutil.Process().children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves worker processes, /dev/shm files or descriptors behind."""
+    if request.node.get_closest_marker("allow_leaks"):
+        yield
+        return
+    gc.collect()
+    shm_before = _shm_entries()
+    fds_before = _fd_count()
+    before = {p.pid for p in _children()}
+    yield
+    gc.collect()
+    deadline = time.monotonic() + _SETTLE_S
+    while True:
+        left = [p for p in _children() if p.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        gc.collect()
+    leaked_shm = _shm_entries() - shm_before
+    fds_after = _fd_count()
+    for p in left:  # do not let one leaky test poison the rest of the run
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"worker processes outlived the test: {[p.pid for p in left]}"
+    assert not leaked_shm, f"/dev/shm entries outlived the test: {sorted(leaked_shm)}"
+    assert fds_after <= fds_before, (
+        f"file descriptors leaked: {fds_before} before, {fds_after} after")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "allow_leaks: skip the leak check (a test that "
+                            "checks leaks itself in a child interpreter)")
