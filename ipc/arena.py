@@ -30,6 +30,8 @@ import weakref
 from collections import deque
 import numpy as np
 
+from ipc import capacity
+
 __all__ = ["Arena", "INLINE_MAX", "Lease", "SlotWriter", "ShmReserveError"]
 
 INLINE_MAX = 64 * 1024  # bytes: smaller arrays travel inside the pickled header (a copy
@@ -126,15 +128,17 @@ class SlotWriter:
     def _grow(self, needed: int) -> None:
         slot, fd = self._slot, self._fds[self._slot]
         size = _round_up(max(needed, self._sizes[slot] + self._sizes[slot] // 2), _GROW_QUANTUM)
+        extra = size - self._sizes[slot]
+        available = capacity.available_bytes()
+        if extra > available:
+            raise ShmReserveError(capacity.shortage_message(extra, available, "a batch"))
         try:
             os.ftruncate(fd, size)
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
             raise ShmReserveError(
-                f"DataLoader worker could not reserve {size} bytes of shared memory for a "
-                f"batch ({exc.strerror}); {_available_text()}. Use a smaller batch_size, fewer "
-                "workers or a smaller prefetch_factor."
-            ) from None
+                capacity.shortage_message(extra, capacity.available_bytes(), "a batch")
+                + f" ({exc.strerror})") from None
         self._sizes[slot] = size
         view = self._views[slot] = _map(fd, size)
         self._note_map(view)
@@ -174,12 +178,3 @@ class SlotWriter:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _available_text() -> str:
-    try:
-        import psutil
-        return f"{psutil.virtual_memory().available} bytes of memory are available"
-    except Exception:  # psutil missing or /proc unreadable: the error stays useful
-        return "available memory is unknown"
-

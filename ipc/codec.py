@@ -64,12 +64,18 @@ def encode(batch: Any, writer: SlotWriter) -> tuple[bytes, tuple]:
         spans.append((offset, nbytes))
         return False
 
-    if "torch" in sys.modules:
-        out = io.BytesIO()
-        _TensorPickler(out, protocol=5, buffer_callback=place).dump(batch)
-        header = out.getvalue()
-    else:
-        header = pickle.dumps(batch, protocol=5, buffer_callback=place)
+    try:
+        if "torch" in sys.modules:
+            out = io.BytesIO()
+            _TensorPickler(out, protocol=5, buffer_callback=place).dump(batch)
+            header = out.getvalue()
+        else:
+            header = pickle.dumps(batch, protocol=5, buffer_callback=place)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise type(exc)(
+            f"DataLoader worker could not send its batch to the main process: {exc}. "
+            "collate_fn must return arrays, numbers, strings and containers of them "
+            "(objects that pickle)") from exc
     return header, tuple(spans)
 
 

@@ -35,10 +35,10 @@ _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the vari
 class _Pending:
     """A dispatched task: its worker, and once it arrives out of order, its outcome."""
 
-    __slots__ = ("worker_id", "data", "arrived")
+    __slots__ = ("worker_id", "indices", "data", "arrived")
 
-    def __init__(self, worker_id: int) -> None:
-        self.worker_id, self.data, self.arrived = worker_id, None, False
+    def __init__(self, worker_id: int, indices: Any) -> None:
+        self.worker_id, self.indices, self.data, self.arrived = worker_id, indices, None, False
 
 
 class MultiProcessIter(BaseIter):
@@ -104,7 +104,7 @@ class MultiProcessIter(BaseIter):
         if worker_id is None:
             return  # every worker is inactive; the epoch is ending
         self._pool.send_task(worker_id, self._epoch, self._send_idx, index)
-        self._task_info[self._send_idx] = _Pending(worker_id)
+        self._task_info[self._send_idx] = _Pending(worker_id, index)
         self._workers_num_tasks[worker_id] += 1
         self._tasks_outstanding += 1
         self._send_idx += 1
@@ -126,11 +126,25 @@ class MultiProcessIter(BaseIter):
         try:
             return self._pool.receive(timeout)
         except TimeoutError:
-            raise DataLoaderTimeoutError(
-                f"DataLoader timed out after {self._timeout} seconds") from None
+            raise DataLoaderTimeoutError(self._timeout_text()) from None
         except WorkerError:
             self._shutdown()
             raise
+
+    def _timeout_text(self) -> str:
+        text = f"DataLoader timed out after {self._timeout} seconds"
+        info = self._task_info.get(self._rcvd_idx)
+        if info is None or self._pool is None:
+            return text
+        worker_id = info.worker_id
+        shown = repr(info.indices)
+        shown = shown if len(shown) <= 200 else shown[:200] + "...]"
+        text += (f"\nWaiting for batch {self._rcvd_idx} (indices {shown}) from worker "
+                 f"{worker_id} (pid {self._pool.pids[worker_id]}).")
+        stacks = self._pool.stack_dump(worker_id)
+        if stacks:
+            text += f" Its stacks right now:\n{stacks}"
+        return text
 
     def _next_data(self) -> Any:
         if self._pool is None:

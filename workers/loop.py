@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import signal
@@ -36,12 +37,11 @@ from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from workers.fetch import make_fetcher
 from workers.seeding import seed_worker
+from workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
 
 _PARENT_CHECK_MS = 1000  # how often a worker without a pidfd checks that its parent lives
-_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class WorkerSpec:
     fds_inherited: bool
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
+    dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
 
 
 class _Epoch:
@@ -94,16 +95,6 @@ def _failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
         exc_type = None
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return Failure(epoch, batch_id, worker_id, type(exc).__name__, exc_type, text, indices)
-
-
-def _limit_threads(limit: int | None) -> None:
-    if limit is None:
-        return
-    for name in _THREAD_ENV:
-        os.environ.setdefault(name, str(limit))
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(limit)
 
 
 def _parent_watch(main_pid: int) -> int | None:
@@ -254,7 +245,10 @@ def worker_main(spec: WorkerSpec) -> None:
             os.close(fd)
         except OSError:
             pass
-    _limit_threads(spec.thread_limit)
+    limit_threads(spec.thread_limit)
+    dump_fd = spec.dump_fd if spec.fds_inherited else \
+        os.open(f"/proc/{spec.main_pid}/fd/{spec.dump_fd}", os.O_WRONLY | os.O_APPEND)
+    faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
     code = 0
     worker = None
     try:

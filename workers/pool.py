@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import pickle
+import signal
 import time
 import uuid
 import weakref
@@ -39,8 +39,9 @@ from workers.pickling import check_picklable
 
 __all__ = ["WorkerPool"]
 
-_JOIN_TIMEOUT_S = 5.0  # how long a worker may take to exit after Stop before it is killed
+_JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
 _DEATH_GRACE_MS = 50  # after a sentinel fires: time for the dead worker's last message
+_DUMP_WAIT_S = 1.0  # how long a stack dump from a stuck worker is waited for
 _POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 _ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in forked children
@@ -61,6 +62,7 @@ class WorkerPool:
         self._pids: list[int | None] = [None] * num_workers
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
+        self._dump_fds: list[int] = []
         self._tasks: list[zmq.Socket] = []
         run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
@@ -75,7 +77,9 @@ class WorkerPool:
                 check_picklable(dataset=dataset, collate_fn=collate_fn,
                                 worker_init_fn=worker_init_fn)
             self._arenas = [Arena(k, slots_per_worker, self.released) for k in range(num_workers)]
-            own = {fd for arena in self._arenas for fd in arena.fds}
+            self._dump_fds = [os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
+                              for k in range(num_workers)]
+            own = {fd for arena in self._arenas for fd in arena.fds} | set(self._dump_fds)
             _ALL_SLOT_FDS.update(own)
             for k in range(num_workers):
                 sock = self._zmq.socket(zmq.PUSH)
@@ -93,8 +97,9 @@ class WorkerPool:
                     task_address=f"{run}-task-{k}", result_address=f"{run}-results",
                     main_pid=os.getpid(), slot_fds=list(self._arenas[k].fds),
                     fds_inherited=inherited,
-                    close_fds=sorted(_ALL_SLOT_FDS - set(self._arenas[k].fds)) if inherited else [],
-                    thread_limit=thread_limit)
+                    close_fds=sorted(_ALL_SLOT_FDS - set(self._arenas[k].fds)
+                                     - {self._dump_fds[k]}) if inherited else [],
+                    thread_limit=thread_limit, dump_fd=self._dump_fds[k])
                 process = context.Process(target=worker_main, args=(spec,), daemon=True,
                                           name=f"loader-worker-{k}")
                 process.start()
@@ -194,6 +199,21 @@ class WorkerPool:
                 raise WorkerError(describe_exit(k, process.pid, process.exitcode),
                                   worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
+    def stack_dump(self, worker_id: int) -> str:
+        """The worker's Python stacks right now (faulthandler), or '' if it cannot tell."""
+        pid, fd = self._pids[worker_id], self._dump_fds[worker_id]
+        try:
+            start = os.fstat(fd).st_size
+            os.kill(pid, signal.SIGUSR1)
+            deadline = time.monotonic() + _DUMP_WAIT_S
+            while os.fstat(fd).st_size == start and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.02)  # let the dump finish
+            size = os.fstat(fd).st_size
+            return os.pread(fd, size - start, start).decode(errors="replace").strip("\0\n")
+        except (OSError, TypeError):
+            return ""
+
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
@@ -222,6 +242,10 @@ class WorkerPool:
         for arena in self._arenas:
             _ALL_SLOT_FDS.difference_update(arena.fds)
             arena.close()
+        for fd in self._dump_fds:
+            _ALL_SLOT_FDS.discard(fd)
+            os.close(fd)
+        self._dump_fds = []
         for process in self._processes:
             try:
                 process.close()
