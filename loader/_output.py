@@ -10,11 +10,14 @@ numpy arrays otherwise, so a torch training loop changes only its import.
 from __future__ import annotations
 
 import collections.abc
+import copy
 import sys
 import warnings
 from typing import Any
 
 import numpy as np
+
+from loader.collate import _rebuild_mapping
 
 __all__ = ["OUTPUT_CHOICES", "pin", "pin_available", "resolve_output", "to_torch"]
 
@@ -53,16 +56,11 @@ def to_torch(obj: Any) -> Any:
         return to_torch(obj.view(np.ndarray))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return t(*(to_torch(x) for x in obj))
-    if isinstance(obj, collections.abc.MutableMapping):
-        try:
-            clone = obj.copy() if hasattr(obj, "copy") else dict(obj)
-            clone.update({k: to_torch(v) for k, v in obj.items()})
-            return clone
-        except TypeError:
-            return {k: to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, collections.abc.Mapping):  # keeps the subclass, as collate does
+        return _rebuild_mapping(obj, {k: to_torch(v) for k, v in obj.items()})
     if isinstance(obj, collections.abc.MutableSequence):
         try:
-            clone = list(obj) if not hasattr(obj, "copy") else obj.copy()
+            clone = copy.copy(obj)  # list.copy() would drop a list subclass
             for i, x in enumerate(obj):
                 clone[i] = to_torch(x)
             return clone

@@ -85,7 +85,7 @@ def collate_numpy_array_fn(batch, *, collate_fn_map=None):
                 f"{list(shape)} at entry 0 and {list(a.shape)} at entry {i}"
             )
         if a.dtype != dtype:
-            dtype = np.result_type(*[x.dtype for x in batch])
+            dtype = _torch_result_type([x.dtype for x in batch])
             break
     out = allocate((len(batch),) + shape, dtype)
     np.stack(batch, out=out)
@@ -93,7 +93,11 @@ def collate_numpy_array_fn(batch, *, collate_fn_map=None):
 
 
 def collate_numpy_scalar_fn(batch, *, collate_fn_map=None):
-    return np.array(batch)
+    out = np.array(batch)
+    if out.dtype != batch[0].dtype and out.dtype.kind in "fc":  # mixed scalar types
+        dtype = _torch_result_type([x.dtype for x in batch if isinstance(x, np.generic)])
+        out = out.astype(dtype, copy=False)
+    return out
 
 
 def collate_float_fn(batch, *, collate_fn_map=None):
@@ -102,9 +106,21 @@ def collate_float_fn(batch, *, collate_fn_map=None):
 
 def collate_int_fn(batch, *, collate_fn_map=None):
     out = np.array(batch)
-    if out.dtype.kind not in "bi":  # ints beyond int64, or mixed with floats
+    kind = out.dtype.kind
+    if kind == "f":  # ints mixed with floats: torch.tensor infers its default float32
+        return out.astype(np.float32)
+    if kind == "c":
+        return out.astype(np.complex64)
+    if kind not in "bi":  # ints beyond int64, or not numbers: fail rather than guess
         out = np.array(batch, dtype=np.int64)
     return out
+
+
+def _torch_result_type(dtypes: list) -> np.dtype:
+    """torch's promotion for a mixed batch: a float or complex dtype wins over integers
+    and bools at its own width (int64 with float32 gives float32, not numpy's float64)."""
+    inexact = [d for d in dtypes if d.kind in "fc"]
+    return np.result_type(*(inexact or dtypes))
 
 
 def collate_str_fn(batch, *, collate_fn_map=None):
@@ -177,14 +193,14 @@ def collate(batch, *, collate_fn_map: dict | None = None):
         fields = {key: collate([d[key] for d in batch], collate_fn_map=collate_fn_map)
                   for key in elem}
         return _rebuild_mapping(elem, fields)
+    # Fields go on as the tuples zip() makes, as in torch: a str field comes back a tuple.
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
-        return elem_type(*(collate(list(s), collate_fn_map=collate_fn_map)
-                           for s in zip(*batch)))
+        return elem_type(*(collate(s, collate_fn_map=collate_fn_map) for s in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         if any(len(e) != size for e in batch):
             raise RuntimeError("each element in list of batch should be of equal size")
-        items = [collate(list(s), collate_fn_map=collate_fn_map) for s in zip(*batch)]
+        items = [collate(s, collate_fn_map=collate_fn_map) for s in zip(*batch)]
         return _rebuild_sequence(elem, items)
     raise TypeError(default_collate_err_msg_format.format(elem_type))
 

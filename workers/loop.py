@@ -78,13 +78,16 @@ class _Epoch:
         seed, rng = seed_worker(base_seed, spec.worker_id)
         _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
                                     dataset=spec.dataset, rng=rng, epoch=epoch))
-        try:
-            if run_init and spec.worker_init_fn is not None:
+        if run_init and spec.worker_init_fn is not None:
+            try:
                 spec.worker_init_fn(spec.worker_id)
+            except Exception as exc:  # reported as the reply to this epoch's first task
+                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+        try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
                                         spec.collate_fn, spec.drop_last)
-        except Exception as exc:  # reported as the reply to this epoch's first task
-            self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+        except Exception as exc:  # an IterableDataset's __iter__ raised
+            self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
 
 
 def _failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
@@ -177,19 +180,18 @@ class _Worker:
                 self.serve(item)
 
     def serve(self, task: Task) -> None:
+        """Answer ``task``: every task gets exactly one reply, unless it is stale or this
+        replica has already reported its end (the main process then expects none)."""
         state, wid = self.state, self.spec.worker_id
         if task.epoch != state.epoch or state.ended:
-            return  # stale, or this replica is already exhausted: no reply expected
+            return
         if state.init_error is not None:
             failure, state.init_error = state.init_error, None
             self.send(failure._replace(batch_id=task.batch_id, indices=task.indices))
-            if state.fetcher is None:
-                state.ended = self.spec.iterable
             return
-        if state.fetcher is None:
-            if self.spec.iterable:
-                state.ended = True
-                self.send(IterEnd(task.epoch, task.batch_id, wid))
+        if state.fetcher is None:  # the replica could not start: it has nothing to give
+            state.ended = True
+            self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
         slot = self.free.pop() if self.free else -1
         writer = self.writer

@@ -1,0 +1,116 @@
+"""Loader adapters: one small class per loader, so runs treat every loader alike.
+
+An adapter builds a loader from (dataset, batch size, workers, collate_fn, start method,
+persistence), shuts it down, and says when it cannot take part (not installed, or the
+workload needs something it lacks). Ours and torch's are here; optional peers are in
+``benchmarks/peers.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ADAPTERS", "Adapter", "DEFAULT_LOADERS", "OursAdapter", "TorchAdapter",
+           "BASELINE"]
+
+BASELINE = "torch"  # the loader every ratio is taken against
+
+
+class Adapter:
+    """The interface every loader is driven through."""
+
+    name = ""
+    flavour = "torch"  # which dataset flavour (base classes) this loader iterates
+    note = ""  # shown under the table, e.g. how the loader was configured
+
+    def unavailable(self) -> str | None:
+        """Why this loader cannot run here (not installed), or None."""
+        return None
+
+    def unsupported(self, workload: Any, num_workers: int, start_method: str,
+                    persistent: bool) -> str | None:
+        """Why this loader cannot run this cell, or None."""
+        return None
+
+    def make(self, dataset: Any, *, batch_size: int, num_workers: int,
+             collate_fn: Any, start_method: str, persistent: bool) -> Any:
+        raise NotImplementedError
+
+    def shutdown(self, loader: Any, iterator: Any) -> None:
+        """Stop every worker of ``loader``/``iterator`` now (idempotent)."""
+
+
+class OursAdapter(Adapter):
+    """``loader.DataLoader``; batches as numpy (or torch with ``output="torch"``)."""
+
+    flavour = "ours"
+
+    def __init__(self, name: str = "ours", output: str = "numpy") -> None:
+        self.name = name
+        self.output = output
+        self.note = f'{name}: loader.DataLoader(output="{output}")'
+
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
+        from loader import DataLoader
+        kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers,
+                        "output": self.output}
+        if collate_fn is not None:
+            kwargs["collate_fn"] = collate_fn
+        if num_workers > 0:
+            kwargs["multiprocessing_context"] = start_method
+            kwargs["persistent_workers"] = persistent
+        return DataLoader(dataset, **kwargs)
+
+    def shutdown(self, loader, iterator):
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+        if loader is not None:
+            loader.close()
+
+
+class TorchAdapter(Adapter):
+    """``torch.utils.data.DataLoader`` (and classes with its interface)."""
+
+    name = "torch"
+    module = "torch.utils.data"
+    attr = "DataLoader"
+    note = "torch: torch.utils.data.DataLoader (batches are tensors)"
+
+    def _cls(self) -> Any:
+        import importlib
+        return getattr(importlib.import_module(self.module), self.attr)
+
+    def unavailable(self):
+        try:
+            self._cls()
+        except ImportError as exc:
+            return f"not installed ({exc.name or exc})"
+        return None
+
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
+        kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers}
+        if collate_fn is not None:
+            kwargs["collate_fn"] = collate_fn
+        if num_workers > 0:
+            kwargs["multiprocessing_context"] = start_method
+            kwargs["persistent_workers"] = persistent
+        return self._cls()(dataset, **kwargs)
+
+    def shutdown(self, loader, iterator):
+        for it in (iterator, getattr(loader, "_iterator", None)):
+            stop = getattr(it, "_shutdown_workers", None)
+            if stop is not None:
+                stop()
+
+
+def _registry() -> dict[str, Adapter]:
+    from benchmarks import peers
+    adapters: list[Adapter] = [OursAdapter(), OursAdapter("ours-torch", "torch"),
+                               TorchAdapter(), *peers.PEERS]
+    return {a.name: a for a in adapters}
+
+
+ADAPTERS: dict[str, Adapter] = _registry()
+# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy
+DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl")

@@ -1,0 +1,151 @@
+"""Turning the suite's results into a table, a JSON file and (with matplotlib) a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+__all__ = ["format_table", "write_json", "write_plot"]
+
+_NOTE_WIDTH = 48  # characters of an error message shown in the table; the JSON has all
+
+_COLUMNS = [  # (header, row key, format)
+    ("workload", "workload", "{}"),
+    ("loader", "loader", "{}"),
+    ("w", "num_workers", "{}"),
+    ("samples/s", "samples_per_s", "{:,.0f}"),
+    ("±%", "spread_pct", "{:.0f}"),
+    ("MB/s", "mb_per_s", "{:,.1f}"),
+    ("TTFB ms", "ttfb_ms", "{:,.1f}"),
+    ("main µs/b", "main_cpu_us_per_batch", "{:,.0f}"),
+    ("wkr µs/b", "worker_cpu_us_per_batch", "{:,.0f}"),
+    ("peak MB", "peak_pss_mb", "{:,.0f}"),
+    ("p99 ms", "p99_next_ms", "{:,.2f}"),
+    ("×torch", "ratio_vs_torch", "{:.2f}"),
+    ("note", "note", "{}"),
+]
+_LEFT = {"workload", "loader", "note"}
+
+_LEGEND = """\
+samples/s: median over reps of samples / wall time of the timed loop (first batch
+  excluded); ±%: (max - min) / median of the reps. MB/s: samples/s × payload bytes.
+TTFB: loader built + iter() + first batch; warm_epochs: median start of epochs 2.., its
+  throughput counts epochs 2.. including their starts. cold_start: ×torch is torch's
+  TTFB / ours (higher is faster), elsewhere samples/s / torch's.
+main µs/b: main-process CPU over the timed loop per batch (the memory sampler's own CPU
+  subtracted); wkr µs/b: the workers' CPU per batch. p99: 99th percentile next() time.
+peak MB: peak of the summed {kind} of the main process and its workers, sampled every 1 s
+  and at the end of the timed loop (RSS in the JSON too).
+The consumer keeps each batch until the next and never reads it."""
+
+
+def _display(row: dict) -> dict:
+    shown = dict(row)
+    ttfb = row.get("ttfb_s")
+    shown["ttfb_ms"] = None if ttfb is None else ttfb * 1e3
+    notes = []
+    if row.get("skipped"):
+        notes.append(f"skipped: {row['skipped']}")
+    if row.get("errors"):
+        notes.append(("ERROR " + row["errors"][0])[:_NOTE_WIDTH])
+    if row.get("leaked_pids"):
+        notes.append(f"LEAKED workers {row['leaked_pids']}")
+    if row.get("ideal_samples_per_s") and row.get("fraction_of_ideal") is not None:
+        notes.append(f"ideal {row['ideal_samples_per_s']:,.0f}/s: "
+                     f"{row['fraction_of_ideal']:.0%}")
+    if row.get("kind") == "warm_epochs" and row.get("first_epoch_ttfb_s") is not None:
+        notes.append(f"epoch 1 TTFB {row['first_epoch_ttfb_s'] * 1e3:,.0f} ms")
+    if row.get("kind") == "cold_start" and row.get("teardown_s") is not None:
+        notes.append(f"main CPU {row.get('ttfb_main_cpu_ms') or 0:,.0f} ms, "
+                     f"close {row['teardown_s'] * 1e3:,.0f} ms")
+    shown["note"] = "; ".join(notes)
+    return shown
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or value == "":
+        return "-" if fmt != "{}" else ""
+    return fmt.format(value)
+
+
+def format_table(result: dict) -> str:
+    """The printed report: the table, its legend and the notes."""
+    rows = [_display(r) for r in result["rows"]]
+    grid = [[h for h, _, _ in _COLUMNS]]
+    breaks = set()
+    last = None
+    for row in rows:
+        if last is not None and row["workload"] != last:
+            breaks.add(len(grid))
+        last = row["workload"]
+        grid.append([_cell(row.get(key), fmt) for _, key, fmt in _COLUMNS])
+    widths = [max(len(line[i]) for line in grid) for i in range(len(_COLUMNS))]
+    lines = []
+    for n, line in enumerate(grid):
+        if n in breaks:
+            lines.append("")
+        cells = [(c.ljust(w) if key in _LEFT else c.rjust(w))
+                 for c, w, (_, key, _) in zip(line, widths, _COLUMNS)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
+    lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS"), ""]
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    meta = result.get("meta", {})
+    if meta:
+        v = meta.get("versions", {})
+        lines.append(f"machine: {meta.get('cpus')} CPUs, {meta.get('platform')}; "
+                     + ", ".join(f"{k} {val}" for k, val in v.items()))
+        lines.append(f"suite wall time: {meta.get('wall_s', 0):.0f} s")
+    if result.get("leftover_pids"):
+        lines.append(f"WARNING: worker processes outlived the suite: {result['leftover_pids']}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+        f.write("\n")
+
+
+def write_plot(result: dict, path: str) -> str | None:
+    """Throughput vs num_workers, one line per loader, a panel per workload; None
+    when matplotlib is not installed or there is nothing to draw."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series: dict[str, dict[str, list]] = {}
+    for row in result["rows"]:
+        if row.get("kind") != "throughput" or not row.get("samples_per_s"):
+            continue
+        series.setdefault(row["workload"], {}).setdefault(row["loader"], []).append(
+            (row["num_workers"], row["samples_per_s"]))
+    if not series:
+        return None
+    n = len(series)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (workload, loaders) in zip(axes.flat, series.items()):
+        for loader, points in sorted(loaders.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=loader)
+        ax.set_title(workload)
+        ax.set_xlabel("num_workers")
+        ax.set_ylabel("samples/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

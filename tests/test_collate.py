@@ -1,0 +1,447 @@
+"""default_collate, default_convert and the collate map: torch's element and container
+rules, checked against ``torch.utils.data`` itself, with numpy arrays where torch builds
+tensors (and tensors where the samples hold tensors)."""
+
+import collections
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.utils.data as tud
+from torch.utils.data._utils import collate as torch_collate
+
+import loader
+from loader.collate import collate, default_collate, default_collate_fn_map, default_convert
+
+Point = collections.namedtuple("Point", ["x", "y"])
+Batch = collections.namedtuple("Batch", ["data", "label", "values"])
+
+
+class CustomList(list):
+    pass
+
+
+class CustomDict(dict):
+    pass
+
+
+class FrozenMapping(collections.abc.Mapping):
+    """A read-only mapping: collate rebuilds it with ``type(elem)(dict)``."""
+
+    def __init__(self, data):
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+
+class Opaque:
+    """A type neither collate knows; used for the extension point."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def torch_dtype(np_dtype):
+    return torch.from_numpy(np.zeros(0, np_dtype)).dtype
+
+
+def assert_same(ours, theirs, arrays="numpy", path="batch"):
+    """``ours`` is ``theirs`` with numpy arrays (``arrays="numpy"``) or tensors in place of
+    torch's tensors: same values, matching dtypes and shapes, and the same container
+    types all the way down (list vs tuple vs dict subclass vs namedtuple)."""
+    if isinstance(theirs, torch.Tensor):
+        if arrays == "numpy":
+            assert type(ours) is np.ndarray, f"{path}: {type(ours).__name__}, not an ndarray"
+            assert torch_dtype(ours.dtype) == theirs.dtype, f"{path}: {ours.dtype} vs {theirs.dtype}"
+            ours = torch.from_numpy(ours)
+        else:
+            assert isinstance(ours, torch.Tensor), f"{path}: {type(ours).__name__}, not a tensor"
+        assert ours.dtype == theirs.dtype, f"{path}: {ours.dtype} vs {theirs.dtype}"
+        assert ours.shape == theirs.shape, f"{path}: {ours.shape} vs {theirs.shape}"
+        assert torch.equal(ours, theirs), f"{path}: {ours} vs {theirs}"
+        return
+    assert type(ours) is type(theirs), f"{path}: {type(ours).__name__} vs {type(theirs).__name__}"
+    if isinstance(theirs, collections.abc.Mapping):
+        assert list(ours) == list(theirs), path
+        for key in theirs:
+            assert_same(ours[key], theirs[key], arrays, f"{path}[{key!r}]")
+    elif isinstance(theirs, (list, tuple)):
+        assert len(ours) == len(theirs), path
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same(a, b, arrays, f"{path}[{i}]")
+    elif isinstance(theirs, np.ndarray):
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), path
+    else:
+        assert ours == theirs, path
+
+
+def raised(fn, *args, **kwargs):
+    """``(type, message)`` of what ``fn(*args, **kwargs)`` raises."""
+    with pytest.raises(Exception) as info:
+        fn(*args, **kwargs)
+    return type(info.value), str(info.value)
+
+
+# --- default_collate against torch ------------------------------------------------------
+
+NUMPY_SCALAR_TYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
+                      np.int8, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_,
+                      np.complex64, np.complex128]
+
+COLLATE_CASES = {
+    "ints": lambda: [1, 2, -1],
+    "floats": lambda: [1.1, 2.3, -0.9],
+    "bools": lambda: [True, False],
+    "ints_then_bool": lambda: [1, True],
+    "bool_then_int": lambda: [True, 1],
+    "int_then_float": lambda: [1, 2.5],
+    "bool_then_float": lambda: [True, 2.5],
+    "int_then_complex": lambda: [1, 2j],
+    "float_then_int": lambda: [1.5, 2],
+    "int64_limits": lambda: [2**63 - 1, -(2**63)],
+    "bytes": lambda: [b"a", b"b"],
+    "array_float64": lambda: [np.ones((2, 3, 4)) * i for i in range(12)],
+    "array_0d": lambda: [np.array(1.5), np.array(2.5)],
+    "array_int8": lambda: [np.arange(3, dtype=np.int8), np.arange(3, dtype=np.int8)],
+    "array_bool": lambda: [np.array([True, False]), np.array([False, False])],
+    "array_non_contiguous": lambda: [np.arange(12.0).reshape(3, 4).T, np.ones((4, 3))],
+    "arrays_int64_float32": lambda: [np.arange(3), np.ones(3, np.float32)],
+    "arrays_int8_uint8": lambda: [np.arange(3, dtype=np.int8), np.arange(3, dtype=np.uint8)],
+    "arrays_bool_float16": lambda: [np.ones(2, bool), np.ones(2, np.float16)],
+    "arrays_float64_complex64": lambda: [np.ones(2), np.ones(2, np.complex64)],
+    "scalars_f32_f64": lambda: [np.float32(1), np.float64(2)],
+    "scalars_i16_i64": lambda: [np.int16(1), np.int64(2)],
+    "scalars_f16_i64": lambda: [np.float16(1), np.int64(2)],
+    "scalars_f32_python_float": lambda: [np.float32(1), 2.5],
+    "scalars_int8_uint8": lambda: [np.int8(1), np.uint8(2)],
+    "scalar_f64_is_float_subclass": lambda: [np.float64(1.5), np.float64(2.5)],
+    "dict": lambda: [{"a": 1, "b": 2.0}, {"a": 3, "b": 4.0}],
+    "nested_dict": lambda: [{"t": np.full((4, 2), i), "d": {"n": i, "s": str(i)}}
+                            for i in range(3)],
+    "dict_of_str": lambda: [{"a": "x"}, {"a": "y"}],
+    "ordered_dict": lambda: [collections.OrderedDict(b=i, a=-i) for i in range(3)],
+    "defaultdict": lambda: [collections.defaultdict(list, a=i) for i in range(3)],
+    "custom_dict": lambda: [CustomDict(a=i, b=[i, i]) for i in range(3)],
+    "empty_custom_dict": lambda: [CustomDict(), CustomDict()],
+    "frozen_mapping": lambda: [FrozenMapping({"a": i}) for i in range(3)],
+    "mapping_proxy": lambda: [types.MappingProxyType({"a": i}) for i in range(3)],
+    "namedtuple": lambda: [Point(i, float(i)) for i in range(3)],
+    "namedtuple_with_str": lambda: [Point(i, str(i)) for i in range(3)],
+    "nested_namedtuple": lambda: [Batch(Point(i, -i), str(i), np.arange(3) * i)
+                                  for i in range(4)],
+    "tuple": lambda: [(i, float(i)) for i in range(3)],
+    "tuple_with_str": lambda: [("a", 1), ("b", 2)],
+    "list_with_str": lambda: [["a", 1], ["b", 2]],
+    "list_with_bytes": lambda: [[b"a", 1], [b"b", 2]],
+    "custom_list": lambda: [CustomList([1, 2, 3]), CustomList([4, 5, 6])],
+    "range": lambda: [range(2), range(2)],
+    "tuple_of_arrays": lambda: [(np.arange(4) + i, np.int64(i)) for i in range(5)],
+    "list_in_dict_in_list": lambda: [[{"a": [i, i + 1]}] for i in range(3)],
+    "tensors": lambda: [torch.arange(6).reshape(2, 3) + i for i in range(3)],
+    "tensor_bfloat16": lambda: [torch.ones(2, dtype=torch.bfloat16)] * 3,
+    "tensors_in_tuple": lambda: [(torch.ones(2) * i, i) for i in range(3)],
+}
+COLLATE_CASES.update({f"numpy_scalar_{t.__name__}": (lambda t=t: [t(1), t(0), t(1)])
+                      for t in NUMPY_SCALAR_TYPES})
+
+
+@pytest.mark.parametrize("case", sorted(COLLATE_CASES))
+def test_default_collate_matches_torch(case):
+    """Same values, dtypes and containers as torch; arrays unless the samples hold tensors."""
+    batch = COLLATE_CASES[case]()
+    expected = tud.default_collate(COLLATE_CASES[case]())
+    arrays = "torch" if case.startswith("tensor") else "numpy"
+    assert_same(default_collate(batch), expected, arrays)
+
+
+def test_default_collate_dtype():
+    """torch's test_default_collate_dtype: int -> int64, float -> float64, bool -> bool."""
+    collated = default_collate([1, 2, -1])
+    assert collated.dtype == np.int64 and collated.tolist() == [1, 2, -1]
+    collated = default_collate([1.1, 2.3, -0.9])
+    assert collated.dtype == np.float64 and collated.tolist() == [1.1, 2.3, -0.9]
+    collated = default_collate([True, False])
+    assert collated.dtype == np.bool_ and collated.tolist() == [True, False]
+    arr = ["a", "b", "c"]
+    assert default_collate(arr) is arr  # strings are passed through as the same list
+
+
+@pytest.mark.parametrize("dtype", NUMPY_SCALAR_TYPES, ids=lambda t: t.__name__)
+def test_numpy_scalars_keep_their_dtype(dtype):
+    batch = default_collate([dtype(1), dtype(2)])
+    assert type(batch) is np.ndarray and batch.dtype == np.dtype(dtype) and batch.shape == (2,)
+
+
+def test_numpy_arrays_stack_along_a_new_first_axis():
+    """torch's test_numpy: (2, 3, 4) float64 samples -> a (12, 2, 3, 4) float64 batch."""
+    samples = [np.ones((2, 3, 4)) * i for i in range(12)]
+    batch = default_collate(samples)
+    assert type(batch) is np.ndarray and batch.dtype == np.float64
+    assert batch.shape == (12, 2, 3, 4)
+    assert all((batch[i] == i).all() for i in range(12))
+    samples[0][:] = 99  # the batch is a copy, not a view of a sample
+    assert (batch[0] == 0).all()
+
+
+def test_default_collate_mapping_keep_type():
+    collated = default_collate([CustomDict(), CustomDict()])
+    assert type(collated) is CustomDict and collated == CustomDict()
+    collated = default_collate([collections.defaultdict(int, a=1)] * 2)
+    assert type(collated) is collections.defaultdict and collated.default_factory is int
+
+
+def test_default_collate_sequence_keep_type():
+    collated = default_collate([CustomList([1, 2, 3]), CustomList([4, 5, 6])])
+    assert type(collated) is CustomList
+    assert [c.tolist() for c in collated] == [[1, 4], [2, 5], [3, 6]]
+
+
+def test_default_collate_sequence_dont_keep_type():
+    collated = default_collate([range(2), range(2)])
+    assert type(collated) is list and [c.tolist() for c in collated] == [[0, 0], [1, 1]]
+
+
+def test_tuples_become_lists_but_their_str_fields_stay_tuples():
+    """torch's quirk, kept: a tuple sample becomes a list, and a str (or bytes) field of a
+    tuple, list or namedtuple comes back as the tuple zip() built."""
+    collated = default_collate([("a", 1), ("b", 2)])
+    assert type(collated) is list and collated[0] == ("a", "b")
+    collated = default_collate([Point(1, "a"), Point(2, "b")])
+    assert type(collated) is Point and collated.y == ("a", "b")
+    collated = default_collate([{"s": "a"}, {"s": "b"}])
+    assert collated["s"] == ["a", "b"]  # a mapping's field is a list
+
+
+def test_mixed_number_types_follow_torch_promotion():
+    """Ints with floats give torch's default float32, not numpy's float64, and an integer
+    array stacked with a float32 one gives float32; nothing is truncated."""
+    collated = default_collate([1, 2.5])
+    assert collated.dtype == np.float32 and collated.tolist() == [1.0, 2.5]
+    collated = default_collate([np.arange(2), np.array([0.5, 1.5], np.float32)])
+    assert collated.dtype == np.float32 and collated.tolist() == [[0, 1], [0.5, 1.5]]
+
+
+def test_default_collate_bad_numpy_types():
+    arr = np.array(["a", "b", "c"])
+    assert default_collate(arr) is arr  # a str array as the batch itself: a no-op
+    for bad in (np.array([[["a", "b", "c"]]]), np.array([object(), object(), object()]),
+                np.array([[[object(), object(), object()]]], dtype=object)):
+        assert raised(default_collate, bad) == raised(tud.default_collate, bad)
+        assert raised(default_collate, bad)[0] is TypeError
+
+
+def test_default_collate_numpy_memmap(tmp_path):
+    arr = np.array([[0, 1], [2, 3], [4, 5], [6, 7]])
+    path = tmp_path / "memmap.bin"
+    writer = np.memmap(path, dtype=arr.dtype, mode="w+", shape=arr.shape)
+    writer[:] = arr
+    writer.flush()
+    del writer
+    reader = np.memmap(path, dtype=arr.dtype, mode="r", shape=arr.shape)
+    batch = default_collate(list(reader))
+    assert type(batch) is np.ndarray and batch.tolist() == arr.tolist()
+    del reader
+
+
+def test_default_collate_bad_sequence_type():
+    batch = [["X"], ["X", "X"]]
+    for b in (batch, batch[::-1]):
+        assert raised(default_collate, b) == raised(tud.default_collate, b)
+        assert raised(default_collate, b) == (
+            RuntimeError, "each element in list of batch should be of equal size")
+
+
+ERROR_CASES = {
+    "none": lambda: [None, None],
+    "object": lambda: [object()],
+    "nested_object": lambda: [{"a": [object()]}],
+    "datetime_scalar": lambda: [np.datetime64("2020-01-01")] * 2,
+    "str_arrays": lambda: [np.array(["a"]), np.array(["b"])],
+    "bytes_arrays": lambda: [np.array([b"a"]), np.array([b"b"])],
+    "object_arrays": lambda: [np.array([None], dtype=object)] * 2,
+    "array_shapes_differ": lambda: [np.zeros(2), np.zeros(3)],
+    "array_shapes_differ_later": lambda: [np.zeros((2, 2))] * 3 + [np.zeros((2, 1))],
+    "tensor_shapes_differ": lambda: [torch.zeros(2), torch.zeros(3)],
+    "tensor_then_array": lambda: [torch.zeros(1), np.zeros(1)],
+    "ragged_tuples": lambda: [(1,), (1, 2)],
+    "sparse_tensors": lambda: [torch.zeros(2).to_sparse()] * 2,
+    "dict_missing_key": lambda: [{"a": 1}, {"b": 1}],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_default_collate_errors_match_torch(case):
+    ours = raised(default_collate, ERROR_CASES[case]())
+    assert ours == raised(tud.default_collate, ERROR_CASES[case]())
+
+
+def test_collate_error_names_the_type():
+    assert raised(default_collate, [None]) == (
+        TypeError, "default_collate: batch must contain tensors, numpy arrays, numbers, "
+                   "dicts or lists; found <class 'NoneType'>")
+
+
+def test_default_collate_in_main_process_uses_plain_memory():
+    """Outside a worker no allocator is installed: batches are ordinary, writable arrays."""
+    batch = default_collate([np.zeros(3), np.ones(3)])
+    assert batch.flags.writeable and batch.flags.owndata and batch.base is None
+
+
+# --- deliberate differences -------------------------------------------------------------
+
+
+def test_dtypes_torch_cannot_hold_are_collated_by_numpy():
+    """torch refuses datetime64 and longdouble arrays (TypeError); numpy can stack them."""
+    days = [np.array(["2020-01-01"], dtype="datetime64[D]")] * 2
+    with pytest.raises(TypeError):
+        tud.default_collate(days)
+    batch = default_collate(days)
+    assert batch.dtype == np.dtype("datetime64[D]") and batch.shape == (2, 1)
+
+
+def test_int_beyond_int64_is_refused():
+    """torch raises ValueError ("Overflow when unpacking long long"); we raise numpy's
+    OverflowError: either way nothing is silently wrapped."""
+    assert raised(tud.default_collate, [2**64, 1])[0] is ValueError
+    assert raised(default_collate, [2**64, 1])[0] is OverflowError
+
+
+# --- default_convert --------------------------------------------------------------------
+
+CONVERT_CASES = {
+    "int": lambda: 1,
+    "float": lambda: 1.5,
+    "bool": lambda: True,
+    "str": lambda: "s",
+    "bytes": lambda: b"b",
+    "none": lambda: None,
+    "object_scalar_kept": lambda: 3 + 4j,
+    "np_float32": lambda: np.float32(1.5),
+    "np_int64": lambda: np.int64(3),
+    "np_bool": lambda: np.bool_(True),
+    "np_uint8": lambda: np.uint8(7),
+    "np_str": lambda: np.str_("a"),
+    "array": lambda: np.array([1, 2]),
+    "array_0d": lambda: np.array(3),
+    "array_complex": lambda: np.array([1 + 2j]),
+    "tuple": lambda: (1, np.int32(2)),
+    "namedtuple": lambda: Point(np.array([1]), "a"),
+    "namedtuple_of_ints": lambda: Point(1, 2),
+    "dict": lambda: {"a": (1, 2), "b": np.float64(1)},
+    "ordered_dict": lambda: collections.OrderedDict(a=np.int8(1)),
+    "custom_dict": lambda: CustomDict({"a": 1, "b": np.arange(2)}),
+    "frozen_mapping": lambda: FrozenMapping({"a": np.int16(1)}),
+    "list": lambda: [np.int8(1), "x", [np.float16(2)]],
+    "custom_list": lambda: CustomList([1, np.int64(2), 3]),
+    "range": lambda: range(3),
+    "tensor": lambda: torch.arange(3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERT_CASES))
+def test_default_convert_matches_torch(case):
+    arrays = "torch" if case == "tensor" else "numpy"
+    assert_same(default_convert(CONVERT_CASES[case]()),
+                tud.default_convert(CONVERT_CASES[case]()), arrays)
+
+
+def test_default_convert_passes_things_through():
+    for data in (np.array(["a", "b"]), np.array([None], dtype=object), torch.ones(2), "s", 7):
+        assert default_convert(data) is data
+        assert tud.default_convert(data) is data
+
+
+def test_default_convert_keeps_and_drops_container_types():
+    data = CustomDict({"a": 1, "b": 2})
+    assert type(default_convert(data)) is CustomDict and default_convert(data) == data
+    data = CustomList([1, 2, 3])
+    assert type(default_convert(data)) is CustomList and default_convert(data) == data
+    assert default_convert(range(2)) == [0, 1] and type(default_convert(range(2))) is list
+    assert default_convert((1, 2)) == [1, 2]
+
+
+def test_default_convert_numpy_scalars_become_0d_arrays():
+    converted = default_convert(np.float32(1.5))
+    assert type(converted) is np.ndarray and converted.shape == () and converted.dtype == np.float32
+
+
+def test_default_convert_memmap_becomes_a_plain_array(tmp_path):
+    mm = np.memmap(tmp_path / "m.bin", dtype=np.float32, mode="w+", shape=(3,))
+    mm[:] = [1, 2, 3]
+    converted = default_convert(mm)
+    assert type(converted) is np.ndarray and converted.tolist() == [1, 2, 3]
+    assert torch.equal(torch.from_numpy(converted), tud.default_convert(mm))
+    del mm, converted
+
+
+def test_default_convert_leaves_dtypes_torch_cannot_hold():
+    """torch raises TypeError for these; we have no reason to refuse a numpy value."""
+    for data in (np.datetime64("2020-01-01"), np.array(["2020-01-01"], dtype="datetime64[D]")):
+        with pytest.raises(TypeError):
+            tud.default_convert(data)
+        assert default_convert(data) is data
+
+
+# --- the collate map: torch's extension point -------------------------------------------
+
+
+def collate_opaque(batch, *, collate_fn_map=None):
+    return ("opaque", [b.value for b in batch], collate_fn_map is not None)
+
+
+def test_default_map_has_torchs_keys_in_torchs_order():
+    keys = [k for k in default_collate_fn_map if k is not torch.Tensor]
+    torch_keys = [k for k in torch_collate.default_collate_fn_map if k is not torch.Tensor]
+    assert keys == torch_keys
+    assert loader.default_collate_fn_map is default_collate_fn_map
+    assert loader.default_collate is default_collate and loader.default_convert is default_convert
+
+
+def test_extending_default_collate_fn_map(monkeypatch):
+    """A registered type is collated by its function, at any depth, and so are subclasses
+    (found by isinstance); torch's map, extended alike, gives the same result."""
+
+    class SubOpaque(Opaque):
+        pass
+
+    monkeypatch.setitem(default_collate_fn_map, Opaque, collate_opaque)
+    monkeypatch.setitem(torch_collate.default_collate_fn_map, Opaque, collate_opaque)
+    for batch in ([Opaque(1), Opaque(2)], [SubOpaque(1), SubOpaque(2)],
+                  [{"o": Opaque(1), "n": 1}, {"o": Opaque(2), "n": 2}]):
+        assert_same(default_collate(batch), tud.default_collate(batch))
+    assert default_collate([Opaque(1), Opaque(2)]) == ("opaque", [1, 2], True)
+
+
+def test_overriding_a_default_entry(monkeypatch):
+    monkeypatch.setitem(default_collate_fn_map, int, lambda batch, *, collate_fn_map: sum(batch))
+    assert default_collate([[1, 2], [3, 4]]) == [4, 6]
+
+
+def test_unregistered_type_still_fails_after_the_map_is_restored():
+    assert Opaque not in default_collate_fn_map
+    with pytest.raises(TypeError, match="found <class '.*Opaque'>"):
+        default_collate([Opaque(1)])
+
+
+def test_collate_with_a_custom_map():
+    """``collate(batch, collate_fn_map=...)`` uses only that map; containers still recurse."""
+    seen = []
+
+    def collate_int(batch, *, collate_fn_map):
+        seen.append(collate_fn_map)
+        return list(batch)
+
+    custom = {int: collate_int}
+    assert collate([(1, 2), (3, 4)], collate_fn_map=custom) == [[1, 3], [2, 4]]
+    assert seen == [custom, custom]
+    assert raised(collate, [1.5], collate_fn_map=custom) == raised(
+        torch_collate.collate, [1.5], collate_fn_map=custom)
+    assert raised(collate, [1, 2]) == raised(torch_collate.collate, [1, 2])  # no map at all
