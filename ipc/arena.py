@@ -50,6 +50,19 @@ class Lease(np.ndarray):
     view collapsing stops here); its finalizer returns the slot to the worker."""
 
 
+def _byte_bounds(array: np.ndarray) -> tuple[int, int]:
+    """The lowest and one-past-highest addresses ``array`` touches."""
+    start = end = array.__array_interface__["data"][0]
+    if array.flags.c_contiguous or array.size == 0:
+        return start, start + array.nbytes
+    for n, stride in zip(array.shape, array.strides):
+        if stride < 0:
+            start += (n - 1) * stride
+        else:
+            end += (n - 1) * stride
+    return start, end + array.itemsize
+
+
 def _round_up(n: int, quantum: int) -> int:
     return -(-n // quantum) * quantum
 
@@ -65,22 +78,26 @@ class Arena:
         self.worker_id = worker_id
         self.fds: list[int] = [os.memfd_create(f"loader-w{worker_id}-s{i}", os.MFD_CLOEXEC)
                                for i in range(num_slots)]
-        self._views: list[np.ndarray | None] = [None] * num_slots
+        self._maps: list[mmap.mmap | None] = [None] * num_slots
         self._released = released
 
-    def lease(self, slot: int, size: int, spans: tuple) -> list[np.ndarray]:
-        """Buffers for ``spans`` of ``slot``; the slot is released when all are gone."""
-        view = self._views[slot]
-        if view is None or view.size < size:
-            view = self._views[slot] = _map(self.fds[slot], size)
-        lease = view.view(Lease)
+    def lease(self, slot: int, size: int) -> Lease:
+        """The whole of ``slot`` as one array; the slot is released when it is collected.
+
+        Arrays of the batch must be built on it (``np.ndarray(buffer=lease)`` or slices of
+        it): the Lease's own base is the mmap, so numpy keeps it as their base.
+        """
+        mapping = self._maps[slot]
+        if mapping is None or len(mapping) < size:
+            mapping = self._maps[slot] = mmap.mmap(self.fds[slot], size, flags=_MAP_FLAGS)
+        lease = Lease((len(mapping),), np.uint8, mapping)
         weakref.finalize(lease, self._released.append, (self.worker_id, slot))
-        return [lease[off:off + n] for off, n in spans]
+        return lease
 
     def close(self) -> None:
         """Close the descriptors; mappings live on in whatever views the user still holds."""
         fds, self.fds = self.fds, []
-        self._views = []
+        self._maps = []
         for fd in fds:
             try:
                 os.close(fd)
@@ -144,11 +161,11 @@ class SlotWriter:
         self._note_map(view)
 
     def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """An uninitialised array in the current slot (small ones on the heap)."""
+        """An uninitialised array in the current slot (on the heap when there is none)."""
         nbytes = dtype.itemsize
         for d in shape:
             nbytes *= d
-        if nbytes < INLINE_MAX or self._slot < 0:
+        if self._slot < 0:
             return np.empty(shape, dtype)
         offset = _round_up(self._offset, _ALIGN)
         if offset + nbytes > self._sizes[self._slot]:
@@ -158,15 +175,40 @@ class SlotWriter:
 
     def offset_of(self, address: int, nbytes: int) -> int | None:
         """The slot offset of memory at ``address``, or None if it lies outside the slot."""
+        base = self._base_of(address, nbytes)
+        return None if base is None else address - base
+
+    @property
+    def has_slot(self) -> bool:
+        return self._slot >= 0
+
+    def locate(self, array: np.ndarray) -> tuple[int, tuple | None]:
+        """(offset, strides) describing ``array`` inside the slot; strides is None for a
+        C-contiguous layout. An array that lies elsewhere is first copied into the slot."""
+        if array.size == 0:
+            return 0, None  # touches no memory; rebuilt as an empty array
+        start, end = _byte_bounds(array)
+        base = self._base_of(start, end - start)
+        if base is None:
+            array = self._copy_in(array)
+            base = self._maps[-1][0]
+        data = array.__array_interface__["data"][0]
+        strides = None if array.flags.c_contiguous else array.strides
+        return data - base, strides
+
+    def _base_of(self, address: int, nbytes: int) -> int | None:
         for base, size in self._maps:
             if base <= address and address + nbytes <= base + size:
-                return address - base
+                return base
         return None
 
-    def place(self, raw: memoryview) -> int | None:
-        """Copy a buffer that lies elsewhere into the slot; its offset, or None (no slot)."""
-        if self._slot < 0:
-            return None
+    def _copy_in(self, array: np.ndarray) -> np.ndarray:
+        dst = self.alloc(array.shape, array.dtype)
+        dst[...] = array
+        return dst
+
+    def place(self, raw: memoryview) -> int:
+        """Copy a contiguous buffer that lies elsewhere into the slot; its offset."""
         dst = self.alloc((raw.nbytes,), np.dtype(np.uint8))
         dst[:] = np.frombuffer(raw, np.uint8)
         return self.offset_of(dst.__array_interface__["data"][0], raw.nbytes)

@@ -1,26 +1,45 @@
-"""Batches in and out of pickle protocol 5, with their large buffers left in a slot.
+"""Batches in and out of a worker's slot: a layout for plain batches, pickle for the rest.
 
-Worker: :func:`encode` pickles a collated batch. Each out-of-band buffer that already lies
-in the current slot (``default_collate`` wrote it there) is recorded as (offset, nbytes);
-a large buffer elsewhere (a custom ``collate_fn``) is copied into the slot once; small
-buffers travel in-band. Torch tensors are pickled as their numpy view and rebuilt with
-``torch.from_numpy``, so they take the same path.
+Worker side, :func:`encode` (the slot is the current one of ``SlotWriter``):
 
-Main: :func:`decode` unpickles the header against zero-copy views of the slot.
+- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts and numpy arrays of
+  plain dtypes, with str / bytes / int / float / bool / None leaves, which is what
+  ``default_collate`` returns, becomes a marshal'd tree whose array leaves are
+  (dtype, shape, offset, strides) in the slot. Arrays ``default_collate`` wrote into the
+  slot are described where they are; arrays elsewhere (a custom ``collate_fn``) are
+  copied in once.
+- **Pickle** (``PICKLE``): anything else goes through pickle protocol 5; out-of-band
+  buffers of 64 KiB and more land in the slot, smaller ones travel in-band. Torch tensors
+  are pickled as their numpy view and rebuilt with ``torch.from_numpy``.
+- Without a free slot, the batch is pickled with every buffer in-band (``INBAND``).
+
+Main side, :func:`decode` rebuilds the batch as zero-copy arrays on a slot lease.
 """
 
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
 import sys
 from typing import Any
 
 import numpy as np
 
-from ipc.arena import INLINE_MAX, SlotWriter
+from ipc.arena import INLINE_MAX, Lease, SlotWriter
 
-__all__ = ["decode", "encode", "tensor_from_numpy"]
+__all__ = ["INBAND", "LAYOUT", "PICKLE", "decode", "encode", "tensor_from_numpy"]
+
+LAYOUT, PICKLE, INBAND = 0, 1, 2  # how a Result's payload is encoded
+
+# layout node tags
+_ARRAY, _LIST, _TUPLE, _DICT, _VALUE = range(5)
+_PLAIN_KINDS = frozenset("biufc")  # dtype kinds a layout may describe (no object/str/void)
+_VALUE_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
+
+
+class _NotPlain(Exception):
+    """The batch holds something a layout cannot describe: use pickle."""
 
 
 def tensor_from_numpy(array: np.ndarray) -> Any:
@@ -29,8 +48,29 @@ def tensor_from_numpy(array: np.ndarray) -> Any:
     return torch.from_numpy(array)
 
 
-def _address(raw: memoryview) -> int:
-    return np.frombuffer(raw, np.uint8).__array_interface__["data"][0]
+# ---------------------------------------------------------------------------- worker
+
+
+def _layout(obj: Any, writer: SlotWriter) -> tuple:
+    t = type(obj)
+    if t is np.ndarray:
+        dtype = obj.dtype
+        if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
+            raise _NotPlain
+        offset, strides = writer.locate(obj)
+        return (_ARRAY, dtype.str, obj.shape, offset, strides)
+    if t is list:
+        return (_LIST, [_layout(x, writer) for x in obj])
+    if t is tuple:
+        return (_TUPLE, [_layout(x, writer) for x in obj])
+    if t is dict:
+        keys = list(obj)
+        if any(type(k) not in _VALUE_TYPES for k in keys):
+            raise _NotPlain
+        return (_DICT, keys, [_layout(obj[k], writer) for k in keys])
+    if t in _VALUE_TYPES:
+        return (_VALUE, obj)
+    raise _NotPlain
 
 
 class _TensorPickler(pickle.Pickler):
@@ -38,8 +78,8 @@ class _TensorPickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         torch = sys.modules["torch"]
-        if type(obj) is torch.Tensor and obj.device.type == "cpu" and obj.layout == torch.strided \
-                and not obj.requires_grad:
+        if type(obj) is torch.Tensor and obj.device.type == "cpu" \
+                and obj.layout == torch.strided and not obj.requires_grad:
             try:
                 return tensor_from_numpy, (obj.numpy(),)
             except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), conjugate views...
@@ -47,38 +87,68 @@ class _TensorPickler(pickle.Pickler):
         return NotImplemented
 
 
-def encode(batch: Any, writer: SlotWriter) -> tuple[bytes, tuple]:
-    """Pickle ``batch``; returns the header and the (offset, nbytes) spans in the slot."""
+def _pickle(batch: Any, writer: SlotWriter) -> tuple[bytes, tuple]:
     spans: list[tuple[int, int]] = []
 
     def place(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
         nbytes = raw.nbytes
-        if nbytes < INLINE_MAX:
+        if nbytes < INLINE_MAX or not writer.has_slot:
             return True
-        offset = writer.offset_of(_address(raw), nbytes)
-        if offset is None:
-            offset = writer.place(raw)
-            if offset is None:  # no free slot: everything travels in-band
-                return True
-        spans.append((offset, nbytes))
+        offset = writer.offset_of(np.frombuffer(raw, np.uint8).__array_interface__["data"][0],
+                                  nbytes)
+        spans.append((writer.place(raw) if offset is None else offset, nbytes))
         return False
 
     try:
         if "torch" in sys.modules:
             out = io.BytesIO()
             _TensorPickler(out, protocol=5, buffer_callback=place).dump(batch)
-            header = out.getvalue()
-        else:
-            header = pickle.dumps(batch, protocol=5, buffer_callback=place)
+            return out.getvalue(), tuple(spans)
+        return pickle.dumps(batch, protocol=5, buffer_callback=place), tuple(spans)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise type(exc)(
             f"DataLoader worker could not send its batch to the main process: {exc}. "
             "collate_fn must return arrays, numbers, strings and containers of them "
             "(objects that pickle)") from exc
-    return header, tuple(spans)
 
 
-def decode(header: bytes, buffers: list | None) -> Any:
-    """Unpickle a batch against its slot buffers (zero-copy views)."""
-    return pickle.loads(header, buffers=buffers)
+def encode(batch: Any, writer: SlotWriter) -> tuple[int, bytes, tuple]:
+    """(codec, payload, spans) for ``batch``; spans are (offset, nbytes) of pickle buffers."""
+    if writer.has_slot:
+        try:
+            return LAYOUT, marshal.dumps(_layout(batch, writer)), ()
+        except _NotPlain:
+            pass
+        payload, spans = _pickle(batch, writer)
+        return (PICKLE if spans else INBAND), payload, spans
+    payload, _ = _pickle(batch, writer)
+    return INBAND, payload, ()
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _rebuild(node: tuple, lease: Lease) -> Any:
+    tag = node[0]
+    if tag == _ARRAY:
+        _, dtype, shape, offset, strides = node
+        if lease is None:  # the batch wrote nothing into its slot: only empty arrays
+            return np.empty(shape, dtype)
+        return np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
+    if tag == _LIST:
+        return [_rebuild(x, lease) for x in node[1]]
+    if tag == _TUPLE:
+        return tuple(_rebuild(x, lease) for x in node[1])
+    if tag == _DICT:
+        return {k: _rebuild(x, lease) for k, x in zip(node[1], node[2])}
+    return node[1]
+
+
+def decode(codec: int, payload: bytes, lease: Lease | None, spans: tuple) -> Any:
+    """The batch in ``payload``, its arrays zero-copy views on ``lease``."""
+    if codec == LAYOUT:
+        return _rebuild(marshal.loads(payload), lease)
+    if codec == PICKLE:
+        return pickle.loads(payload, buffers=[lease[off:off + n] for off, n in spans])
+    return pickle.loads(payload)

@@ -48,12 +48,14 @@ class Started(NamedTuple):
 
 
 class Result(NamedTuple):
-    """A collated batch: ``spans`` (offset, nbytes) of ``slot`` (-1: none) hold its buffers."""
+    """A collated batch in ``slot`` (-1: none) of ``slot_size`` bytes, its payload encoded
+    by ``codec`` (ipc/codec.py); ``spans`` locate pickle's out-of-band buffers."""
     epoch: int
     batch_id: int
     worker_id: int
     slot: int
     slot_size: int
+    codec: int
     spans: tuple
 
 

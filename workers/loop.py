@@ -199,7 +199,7 @@ class _Worker:
         previous = collate.use_allocator(writer.alloc)
         try:
             batch = state.fetcher.fetch(task.indices)
-            header, spans = codec.encode(batch, writer)
+            kind, payload, spans = codec.encode(batch, writer)
             del batch
         except StopIteration:
             state.ended = True
@@ -213,10 +213,10 @@ class _Worker:
         finally:
             collate.use_allocator(previous)
         size = writer.end()
-        if not spans:
+        if kind == codec.INBAND or size == 0:
             self.release_unused(slot)
             slot, size = -1, 0
-        self.send(Result(task.epoch, task.batch_id, wid, slot, size, spans), header)
+        self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans), payload)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()

@@ -176,11 +176,10 @@ class WorkerPool:
                 raise TimeoutError
 
     def _decode(self, message: Result, payload: bytes) -> Any:
-        buffers = None
-        if message.slot >= 0:
-            buffers = self._arenas[message.worker_id].lease(message.slot, message.slot_size,
-                                                            message.spans)
-        return decode(payload, buffers)
+        lease = None
+        if message.slot >= 0 and message.slot_size:
+            lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size)
+        return decode(message.codec, payload, lease, message.spans)
 
     def _raise_if_dead(self) -> None:
         dead = [(k, p) for k, p in enumerate(self._processes) if p.exitcode is not None]
