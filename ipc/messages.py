@@ -49,7 +49,8 @@ class Started(NamedTuple):
 
 class Result(NamedTuple):
     """A collated batch in ``slot`` (-1: none) of ``slot_size`` bytes, its payload encoded
-    by ``codec`` (ipc/codec.py); ``spans`` locate pickle's out-of-band buffers."""
+    by ``codec`` (ipc/codec.py); ``spans`` locate pickle's out-of-band buffers. ``timing``
+    is (samples, fetch_s, collate_s, encode_s, cpu_s) for stats and the autotuner."""
     epoch: int
     batch_id: int
     worker_id: int
@@ -57,6 +58,7 @@ class Result(NamedTuple):
     slot_size: int
     codec: int
     spans: tuple
+    timing: tuple
 
 
 class Failure(NamedTuple):

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import itertools
+from time import perf_counter
 from typing import Any
 
 from ipc.messages import Failure, IterEnd, Result, Resume
@@ -78,6 +79,8 @@ class MultiProcessIter(BaseIter):
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
         n = self._num_workers
+        self._recorder.start_epoch(n, self._pool.pids)
+        self._buffered = 0
         self._send_idx = 0
         self._rcvd_idx = 0
         self._task_info: dict[int, _Pending] = {}
@@ -121,15 +124,24 @@ class MultiProcessIter(BaseIter):
 
     # ------------------------------------------------------------------ receiving
 
+    def _queue_depths(self) -> tuple[int, int]:
+        return self._tasks_outstanding, self._buffered
+
     def _get_data(self) -> tuple[Any, Any]:
         timeout = self._timeout if self._timeout > 0 else None
+        started = perf_counter()
         try:
-            return self._pool.receive(timeout)
+            message, batch = self._pool.receive(timeout)
+            if type(message) is Result:
+                self._recorder.worker_result(message.worker_id, message.timing)
+            return message, batch
         except TimeoutError:
             raise DataLoaderTimeoutError(self._timeout_text()) from None
         except WorkerError:
             self._shutdown()
             raise
+        finally:
+            self._waited += perf_counter() - started
 
     def _timeout_text(self) -> str:
         text = f"DataLoader timed out after {self._timeout} seconds"
@@ -163,6 +175,7 @@ class MultiProcessIter(BaseIter):
 
             info = self._task_info[self._rcvd_idx]
             if info.arrived:
+                self._buffered -= 1
                 del self._task_info[self._rcvd_idx]
                 self._rcvd_idx += 1
                 return self._process(info.data, info.worker_id)
@@ -183,6 +196,7 @@ class MultiProcessIter(BaseIter):
                 if self._in_order:
                     pending = self._task_info[idx]
                     pending.data, pending.arrived = outcome, True
+                    self._buffered += 1
                     continue
                 del self._task_info[idx]
                 return self._process(outcome, message.worker_id)

@@ -22,6 +22,7 @@ from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
 from loader.sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
+from loader.stats import LoaderStats, Recorder
 
 __all__ = ["DataLoader"]
 
@@ -178,6 +179,7 @@ class DataLoader(Generic[T_co]):
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None
         self._iterator: BaseIter | None = None
+        self._recorder = Recorder()
         self.check_worker_number_rationality()
 
     # ------------------------------------------------------------------ attributes
@@ -281,6 +283,11 @@ class DataLoader(Generic[T_co]):
             "slowness/freeze if necessary.",
             stacklevel=2,
         )
+
+    def stats(self) -> LoaderStats:
+        """Statistics of the current (or last) epoch and of all epochs so far; its
+        ``summary`` says what limits throughput."""
+        return self._recorder.snapshot(self.num_workers)
 
     def close(self) -> None:
         """Shut down persistent workers now (they also stop when the loader is collected)."""

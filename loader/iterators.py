@@ -45,6 +45,8 @@ class BaseIter:
         self._sampler_iter = iter(self._index_sampler)
         self._base_seed = self._seed_source.seed()
         self._num_yielded = 0
+        self._recorder = loader._recorder
+        self._waited = 0.0  # seconds this next() spent blocked on workers
 
     def __iter__(self) -> "BaseIter":
         return self
@@ -54,6 +56,14 @@ class BaseIter:
         self._num_yielded = 0
         self._len_called = loader._IterableDataset_len_called
 
+    def _queue_depths(self) -> tuple[int, int]:
+        """(tasks in flight, batches waiting in the reorder buffer), for stats."""
+        return 0, 0
+
+    def stats(self):
+        """Statistics of this loader's current epoch and of all epochs so far."""
+        return self._recorder.snapshot(self._num_workers)
+
     def _next_index(self) -> Any:
         return next(self._sampler_iter)  # StopIteration ends the epoch
 
@@ -61,7 +71,10 @@ class BaseIter:
         raise NotImplementedError
 
     def __next__(self) -> Any:
+        entered = self._recorder.entered()
+        self._waited = 0.0
         data = self._next_data()
+        self._recorder.left(entered, self._waited, *self._queue_depths())
         self._num_yielded += 1
         if self._iterable and self._len_called is not None and self._num_yielded > self._len_called:
             msg = (
@@ -99,7 +112,10 @@ class SingleProcessIter(BaseIter):
             raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
         self._fetcher = make_fetcher(self._iterable, self._dataset, self._auto_collation,
                                      self._collate_fn, self._drop_last)
+        self._recorder.start_epoch(0, [])
 
     def _next_data(self) -> Any:
         index = self._next_index()
-        return self._fetcher.fetch(index)
+        data = self._fetcher.fetch(index)
+        self._recorder.main_fetch(self._fetcher.count)
+        return data

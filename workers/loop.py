@@ -26,6 +26,7 @@ import sys
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from time import perf_counter, thread_time
 from typing import Any, Callable
 
 import zmq
@@ -197,9 +198,12 @@ class _Worker:
         writer = self.writer
         writer.begin(slot)
         previous = collate.use_allocator(writer.alloc)
+        cpu0 = thread_time()
         try:
             batch = state.fetcher.fetch(task.indices)
+            t0 = perf_counter()
             kind, payload, spans = codec.encode(batch, writer)
+            encode_s = perf_counter() - t0
             del batch
         except StopIteration:
             state.ended = True
@@ -216,7 +220,9 @@ class _Worker:
         if kind == codec.INBAND or size == 0:
             self.release_unused(slot)
             slot, size = -1, 0
-        self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans), payload)
+        fetcher = state.fetcher
+        timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
+        self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing), payload)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()
