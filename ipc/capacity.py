@@ -7,7 +7,9 @@ the cgroup (v2 ``memory.max`` - ``memory.current``, or v1 ``limit`` - ``usage``)
 
 from __future__ import annotations
 
-__all__ = ["available_bytes", "shortage_message"]
+import psutil
+
+__all__ = ["available_bytes", "check_before_start", "shortage_message"]
 
 _CGROUP_FILES = (
     ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
@@ -27,7 +29,6 @@ def _read_int(path: str) -> int | None:
 
 def available_bytes() -> int:
     """Bytes of memory that new shared-memory slots may still use."""
-    import psutil
     available = psutil.virtual_memory().available
     for limit_path, usage_path in _CGROUP_FILES:
         limit, usage = _read_int(limit_path), _read_int(usage_path)
@@ -42,3 +43,13 @@ def shortage_message(needed: int, available: int, what: str) -> str:
             f"{available} bytes are available (RAM and the container's memory limit; "
             "/dev/shm's size does not matter here). Use a smaller batch_size, fewer "
             "num_workers or a smaller prefetch_factor, or raise the memory limit.")
+
+
+def check_before_start(needed: int, what: str) -> None:
+    """Raise MemoryError before any worker starts if ``needed`` bytes are not available.
+
+    Also pays psutil's first-call cost in the parent, so forked workers inherit it warm.
+    """
+    available = available_bytes()
+    if needed > available:
+        raise MemoryError(shortage_message(needed, available, what))

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import itertools
 from time import perf_counter
 from typing import Any
 
@@ -52,6 +51,9 @@ class MultiProcessIter(BaseIter):
         self._in_order = loader.in_order
         self._persistent = loader.persistent_workers
         self._epoch = 0
+        self._retired: set[int] = set()  # workers stopped by "auto" shrinking
+        self._draining: set[int] = set()  # workers finishing their tasks before retiring
+        self._autotune = loader._autotuner
         self._pool: WorkerPool | None = None
         self._pool = WorkerPool(
             num_workers=self._num_workers, context=loader._worker_context(),
@@ -85,9 +87,9 @@ class MultiProcessIter(BaseIter):
         self._rcvd_idx = 0
         self._task_info: dict[int, _Pending] = {}
         self._tasks_outstanding = 0
-        self._workers_status = [True] * n
+        self._workers_status = [k not in self._retired for k in range(n)]
         self._workers_num_tasks = [0] * n
-        self._worker_cycle = itertools.cycle(range(n))
+        self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
         if not first_iter:
             self._epoch += 1
             self._base_seed = self._seed_source.seed()
@@ -96,9 +98,13 @@ class MultiProcessIter(BaseIter):
         for _ in range(self._prefetch_factor * n):
             self._try_put_index()
 
+    def _active_workers(self) -> int:
+        return self._num_workers - len(self._retired) - len(self._draining)
+
     def _try_put_index(self) -> None:
-        max_tasks = self._prefetch_factor * self._num_workers
-        assert self._tasks_outstanding < max_tasks
+        max_tasks = self._prefetch_factor * self._active_workers()
+        if self._tasks_outstanding >= max_tasks:
+            return  # the pool shrank under the tasks already in flight
         try:
             index = self._next_index()
         except StopIteration:
@@ -113,10 +119,12 @@ class MultiProcessIter(BaseIter):
         self._send_idx += 1
 
     def _pick_worker(self, max_tasks: int) -> int | None:
-        active = sum(self._workers_status)
-        for _ in range(self._num_workers):
-            worker_id = next(self._worker_cycle)
-            if not self._workers_status[worker_id]:
+        active = max(1, sum(self._workers_status) - len(self._draining))
+        n = self._num_workers
+        for _ in range(n):
+            worker_id = self._next_worker % n
+            self._next_worker = worker_id + 1
+            if not self._workers_status[worker_id] or worker_id in self._draining:
                 continue
             if self._in_order or self._workers_num_tasks[worker_id] < max_tasks // active:
                 return worker_id
@@ -206,11 +214,56 @@ class MultiProcessIter(BaseIter):
 
     def _process(self, data: Any, worker_id: int) -> Any:
         self._workers_num_tasks[worker_id] -= 1
+        if worker_id in self._draining and not self._workers_num_tasks[worker_id]:
+            self._draining.discard(worker_id)
+            self._retired.add(worker_id)
+            self._workers_status[worker_id] = False
+            self._pool.retire(worker_id)
         self._try_put_index()
+        if self._autotune is not None:
+            self._autotune.observe(self)
+            self._recorder.autotune = self._autotune.report(self._active_workers())
         if type(data) is Failure:
             raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
                                     data.indices, data.text)
         return data
+
+    # ------------------------------------------------------------------ resizing
+
+    def _grow(self, count: int) -> None:
+        """Start ``count`` more workers and fill the deeper prefetch budget they bring."""
+        ids = self._pool.add_workers(count, epoch=self._epoch, base_seed=self._base_seed)
+        self._num_workers += len(ids)
+        self._workers_status += [True] * len(ids)
+        self._workers_num_tasks += [0] * len(ids)
+        self._recorder.resize(self._num_workers, self._pool.pids)
+        while True:
+            before = self._tasks_outstanding
+            self._try_put_index()
+            if self._tasks_outstanding == before:
+                break
+
+    def _shrink_to(self, count: int) -> None:
+        """Retire the newest workers down to ``count`` once their tasks are done."""
+        for k in range(self._num_workers - 1, -1, -1):
+            if self._active_workers() <= count:
+                break
+            if k in self._retired or k in self._draining:
+                continue
+            if self._workers_num_tasks[k]:
+                self._draining.add(k)
+            else:
+                self._retired.add(k)
+                self._workers_status[k] = False
+                self._pool.retire(k)
+
+    def _worker_memory(self) -> int | None:
+        """Unique memory of one worker (bytes), for the autotuner's memory budget."""
+        import psutil
+        try:
+            return psutil.Process(self._pool.pids[0]).memory_full_info().uss
+        except (psutil.Error, IndexError, TypeError):
+            return None
 
     # ------------------------------------------------------------------ shutdown
 

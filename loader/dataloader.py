@@ -18,6 +18,7 @@ import multiprocess
 
 from loader import _output
 from loader._random import as_source
+from loader.autotune import AutoTuner, initial_workers
 from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
@@ -59,7 +60,9 @@ class DataLoader(Generic[T_co]):
     """Combines a dataset and a sampler and iterates over batches, like torch's DataLoader.
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
-    Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``).
+    Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
+    and ``num_workers="auto"``, which sizes the pool from measurements
+    (``loader/autotune.py``).
     """
 
     __initialized = False
@@ -71,7 +74,7 @@ class DataLoader(Generic[T_co]):
         shuffle: bool | None = None,
         sampler: Sampler | Iterable | None = None,
         batch_sampler: Sampler | Iterable | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         collate_fn: Callable | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
@@ -86,6 +89,9 @@ class DataLoader(Generic[T_co]):
         in_order: bool = True,
         output: str | None = "auto",
     ) -> None:
+        autotune = num_workers == "auto"
+        if autotune:
+            num_workers = initial_workers()
         if num_workers < 0:
             raise ValueError(
                 "num_workers option should be non-negative; "
@@ -180,6 +186,8 @@ class DataLoader(Generic[T_co]):
         self._IterableDataset_len_called: int | None = None
         self._iterator: BaseIter | None = None
         self._recorder = Recorder()
+        self._autotuner = AutoTuner(num_workers, resizable=not self._dataset_kind_iterable) \
+            if autotune else None
         self.check_worker_number_rationality()
 
     # ------------------------------------------------------------------ attributes
@@ -237,6 +245,8 @@ class DataLoader(Generic[T_co]):
     # ------------------------------------------------------------------ iteration
 
     def _get_iterator(self) -> BaseIter:
+        if self._autotuner is not None:
+            self.num_workers = self._autotuner.current  # what the last epoch settled on
         if self.num_workers == 0:
             return SingleProcessIter(self)
         self.check_worker_number_rationality()

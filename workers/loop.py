@@ -58,6 +58,7 @@ class WorkerSpec:
     drop_last: bool
     worker_init_fn: Callable | None
     base_seed: int
+    epoch: int
     task_address: str
     result_address: str
     main_pid: int
@@ -127,7 +128,7 @@ class _Worker:
         self.poller.register(self.tasks, zmq.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
-        self.state = _Epoch(spec, 0, spec.base_seed, run_init=True)
+        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)

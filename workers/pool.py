@@ -31,16 +31,20 @@ from typing import Any
 import zmq
 
 from ipc.arena import Arena
+from ipc.capacity import check_before_start
 from ipc.codec import decode
 from ipc.messages import Release, Result, Started, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
 from workers.loop import WorkerSpec, worker_main
 from workers.pickling import check_picklable
+from workers.seeding import warm_before_fork
+from workers.threads import scan_before_fork
 
 __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
 _DEATH_GRACE_MS = 50  # after a sentinel fires: time for the dead worker's last message
+_MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole MiB)
 _DUMP_WAIT_S = 1.0  # how long a stack dump from a stuck worker is waited for
 _POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
@@ -54,61 +58,84 @@ class WorkerPool:
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
                  thread_limit: int | None) -> None:
-        self.num_workers = num_workers
+        self.num_workers = 0
         self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
-        self._held: list[list[int]] = [[] for _ in range(num_workers)]  # releases not yet sent
+        self._held: list[list[int]] = []  # per worker: releases not yet sent
         self._closed = False
         self._processes: list = []
-        self._pids: list[int | None] = [None] * num_workers
+        self._pids: list[int | None] = []
+        self._retired: set[int] = set()  # workers told to stop on purpose ("auto" shrinking)
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
         self._dump_fds: list[int] = []
         self._tasks: list[zmq.Socket] = []
-        run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
         self._results.setsockopt(zmq.RCVHWM, 0)
         self._results.setsockopt(zmq.LINGER, 0)
-        self._results.bind(f"{run}-results")
+        self._results.bind(f"{self._run}-results")
+        self._poller = zmq.Poller()
+        self._poller.register(self._results, zmq.POLLIN)
+        self._context = context
+        self._inherited = context.get_start_method() == "fork"
+        self._slots = slots_per_worker
+        self._spec = dict(dataset=dataset, iterable=iterable, auto_collation=auto_collation,
+                          collate_fn=collate_fn, drop_last=drop_last,
+                          worker_init_fn=worker_init_fn, thread_limit=thread_limit)
         _LIVE_POOLS.add(self)
         try:
-            start_method = context.get_start_method()
-            inherited = start_method == "fork"
-            if not inherited:
+            check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
+                               f"the first batches of {num_workers} workers")
+            if self._inherited:
+                warm_before_fork()
+                scan_before_fork()
+            else:
                 check_picklable(dataset=dataset, collate_fn=collate_fn,
                                 worker_init_fn=worker_init_fn)
-            self._arenas = [Arena(k, slots_per_worker, self.released) for k in range(num_workers)]
-            self._dump_fds = [os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
-                              for k in range(num_workers)]
-            own = {fd for arena in self._arenas for fd in arena.fds} | set(self._dump_fds)
-            _ALL_SLOT_FDS.update(own)
-            for k in range(num_workers):
-                sock = self._zmq.socket(zmq.PUSH)
-                sock.setsockopt(zmq.SNDHWM, 0)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(f"{run}-task-{k}")
-                self._tasks.append(sock)
-            self._poller = zmq.Poller()
-            self._poller.register(self._results, zmq.POLLIN)
-            for k in range(num_workers):
-                spec = WorkerSpec(
-                    worker_id=k, num_workers=num_workers, dataset=dataset, iterable=iterable,
-                    auto_collation=auto_collation, collate_fn=collate_fn, drop_last=drop_last,
-                    worker_init_fn=worker_init_fn, base_seed=base_seed,
-                    task_address=f"{run}-task-{k}", result_address=f"{run}-results",
-                    main_pid=os.getpid(), slot_fds=list(self._arenas[k].fds),
-                    fds_inherited=inherited,
-                    close_fds=sorted(_ALL_SLOT_FDS - set(self._arenas[k].fds)
-                                     - {self._dump_fds[k]}) if inherited else [],
-                    thread_limit=thread_limit, dump_fd=self._dump_fds[k])
-                process = context.Process(target=worker_main, args=(spec,), daemon=True,
-                                          name=f"loader-worker-{k}")
-                process.start()
-                self._processes.append(process)
-                self._pids[k] = process.pid
-                self._poller.register(process.sentinel, zmq.POLLIN)
+            self.add_workers(num_workers, epoch=0, base_seed=base_seed)
         except BaseException:
             self.shutdown()
             raise
+
+    def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
+        """Start ``count`` more workers (ids continue from the current count)."""
+        ids = list(range(self.num_workers, self.num_workers + count))
+        total = self.num_workers + count
+        for k in ids:
+            arena = Arena(k, self._slots, self.released)
+            dump_fd = os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
+            self._arenas.append(arena)
+            self._dump_fds.append(dump_fd)
+            _ALL_SLOT_FDS.update(arena.fds)
+            _ALL_SLOT_FDS.add(dump_fd)
+            sock = self._zmq.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"{self._run}-task-{k}")
+            self._tasks.append(sock)
+            self._held.append([])
+            own = set(arena.fds) | {dump_fd}
+            spec = WorkerSpec(
+                worker_id=k, num_workers=total, base_seed=base_seed, epoch=epoch,
+                task_address=f"{self._run}-task-{k}", result_address=f"{self._run}-results",
+                main_pid=os.getpid(), slot_fds=list(arena.fds), fds_inherited=self._inherited,
+                close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
+                dump_fd=dump_fd, **self._spec)
+            process = self._context.Process(target=worker_main, args=(spec,), daemon=True,
+                                            name=f"loader-worker-{k}")
+            process.start()
+            self._processes.append(process)
+            self._pids.append(process.pid)
+            self._poller.register(process.sentinel, zmq.POLLIN)
+            self.num_workers += 1
+        return ids
+
+    def retire(self, worker_id: int) -> None:
+        """Stop a worker on purpose; its exit is not an error. Give it no more tasks."""
+        self._retired.add(worker_id)
+        process = self._processes[worker_id]
+        self._poller.unregister(process.sentinel)
+        self.send(worker_id, Stop())
 
     # ------------------------------------------------------------------ messages
 
@@ -182,7 +209,8 @@ class WorkerPool:
         return decode(message.codec, payload, lease, message.spans)
 
     def _raise_if_dead(self) -> None:
-        dead = [(k, p) for k, p in enumerate(self._processes) if p.exitcode is not None]
+        dead = [(k, p) for k, p in enumerate(self._processes)
+                if k not in self._retired and p.exitcode is not None]
         if not dead:
             return
         if self._results.poll(_DEATH_GRACE_MS):
@@ -194,7 +222,7 @@ class WorkerPool:
     def check_alive(self) -> None:
         """Raise :class:`WorkerError` if a worker has died (no grace period)."""
         for k, process in enumerate(self._processes):
-            if process.exitcode is not None:
+            if k not in self._retired and process.exitcode is not None:
                 raise WorkerError(describe_exit(k, process.pid, process.exitcode),
                                   worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
@@ -222,7 +250,7 @@ class WorkerPool:
         self._closed = True
         _LIVE_POOLS.discard(self)
         for k, process in enumerate(self._processes):
-            if process.exitcode is None:
+            if process.exitcode is None and k not in self._retired:
                 try:
                     self.send(k, Stop())
                 except zmq.ZMQError:

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["generate_state", "seed_worker"]
+__all__ = ["generate_state", "seed_worker", "warm_before_fork"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -23,6 +23,20 @@ def generate_state(base_seed: int, worker_id: int) -> np.ndarray:
     """Four uint32 words for ``np.random.seed``; equal to torch's ``_generate_state``."""
     entropy = [worker_id, base_seed & _MASK32, base_seed >> 32, 0]
     return np.random.SeedSequence(entropy).generate_state(4, np.uint32)
+
+
+_warmed = False
+
+
+def warm_before_fork() -> None:
+    """Pay numpy's one-time legacy-RNG set-up (~25 ms) once in the parent, not in every
+    forked worker; the parent's global RNG state is left exactly as it was."""
+    global _warmed
+    if not _warmed:
+        state = np.random.get_state()
+        np.random.seed(0)
+        np.random.set_state(state)
+        _warmed = True
 
 
 def seed_worker(base_seed: int, worker_id: int) -> tuple[int, np.random.Generator]:

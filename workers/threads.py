@@ -27,16 +27,32 @@ _GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
             "MKL_Get_Max_Threads", "omp_get_max_threads")
 
 
+_scanned: list[str] | None = None  # a forked child inherits its parent's scan
+
+
+def _library_paths() -> list[str]:
+    """Paths of the loaded thread-pool libraries; scanned once per process image."""
+    global _scanned
+    if _scanned is None:
+        try:
+            with open("/proc/self/maps") as maps:
+                _scanned = sorted(set(_LIB_PATTERN.findall(maps.read())))
+        except OSError:
+            _scanned = []
+    return _scanned
+
+
+def scan_before_fork() -> None:
+    """Scan in the parent, so forked workers inherit the list instead of re-reading."""
+    _library_paths()
+
+
 def _loaded_libraries() -> list[ctypes.CDLL]:
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted(set(_LIB_PATTERN.findall(maps.read())))
-    except OSError:
-        return []
     libs = []
+    paths = _library_paths()
     for path in paths:
         try:
-            libs.append(ctypes.CDLL(path))
+            libs.append(ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY))
         except OSError:
             continue
     return libs
