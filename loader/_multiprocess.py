@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from time import perf_counter
+import os
 from typing import Any
 
 from ipc.messages import Failure, IterEnd, Result, Resume
@@ -137,7 +137,8 @@ class MultiProcessIter(BaseIter):
 
     def _get_data(self) -> tuple[Any, Any]:
         timeout = self._timeout if self._timeout > 0 else None
-        started = perf_counter()
+        pool = self._pool
+        blocked = pool.blocked_s
         try:
             message, batch = self._pool.receive(timeout)
             if type(message) is Result:
@@ -149,7 +150,7 @@ class MultiProcessIter(BaseIter):
             self._shutdown()
             raise
         finally:
-            self._waited += perf_counter() - started
+            self._waited += pool.blocked_s - blocked
 
     def _timeout_text(self) -> str:
         text = f"DataLoader timed out after {self._timeout} seconds"
@@ -256,6 +257,17 @@ class MultiProcessIter(BaseIter):
                 self._retired.add(k)
                 self._workers_status[k] = False
                 self._pool.retire(k)
+
+    def _tree_cpu_s(self) -> float:
+        """CPU seconds used so far by this process and its live workers."""
+        import psutil
+        total = sum(os.times()[:2])
+        for pid in self._pool.pids if self._pool is not None else ():
+            try:
+                total += sum(psutil.Process(pid).cpu_times()[:2])
+            except psutil.Error:
+                continue
+        return total
 
     def _worker_memory(self) -> int | None:
         """Unique memory of one worker (bytes), for the autotuner's memory budget."""

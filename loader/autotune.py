@@ -2,6 +2,8 @@
 
 ```
  start: min(cores, 4) workers
+ the loader's processes use >= 85% of the cores, or workers compute >= 80% of their busy
+     time with n >= cores ──────────────────────────────▶ settle
  window (>= max(8, 2n) batches and 0.25 s) ─▶ per batch: main waits w, main works m,
      consumer u, a worker is busy b of which c on CPU
  consumer-bound (w < 10% of the cycle) ─────────────▶ settle
@@ -31,6 +33,8 @@ _HEADROOM = 1.15  # workers beyond the modelled need, for jitter
 _GAIN = 1.05  # a resize must raise throughput this much to be kept
 _CONSUMER_BOUND = 0.10  # main waits less than this share of the cycle: consumer-bound
 _WINDOW_S = 0.25  # shortest measurement window
+_CPU_SATURATED = 0.85  # the loader's processes use this share of the cores: no room to grow
+_CPU_BOUND = 0.8  # workers on CPU this share of their busy time cannot gain beyond cores
 
 
 def _cores() -> int:
@@ -83,11 +87,12 @@ class AutoTuner:
         now = perf_counter()
         mark = (now, epoch.batches, epoch.samples, epoch.wait_s, epoch.main_s,
                 epoch.consumer_s, sum(w.busy_s for w in epoch.workers),
-                sum(w.cpu_s for w in epoch.workers), sum(w.batches for w in epoch.workers))
+                sum(w.cpu_s for w in epoch.workers), sum(w.batches for w in epoch.workers),
+                it._tree_cpu_s())
         if self._window is None:
             self._window = mark
             return
-        t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0 = self._window
+        t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0 = self._window
         batches = mark[1] - b0
         if batches < max(8, 2 * n) or now - t0 < _WINDOW_S:
             return
@@ -98,10 +103,11 @@ class AutoTuner:
         wait, main, consumer = ((mark[i] - self_i) / batches
                                 for i, self_i in ((3, w0), (4, m0), (5, u0)))
         busy, cpu = (mark[6] - busy0) / produced, (mark[7] - cpu0) / produced
-        self._decide(it, n, rate, wait, main, consumer, busy, cpu)
+        used = (mark[9] - tree0) / (now - t0) / self.cores  # share of the cores in use
+        self._decide(it, n, rate, wait, main, consumer, busy, cpu, used)
 
     def _decide(self, it: Any, n: int, rate: float, wait: float, main: float,
-                consumer: float, busy: float, cpu: float) -> None:
+                consumer: float, busy: float, cpu: float, used: float) -> None:
         if self._previous is not None:
             before_n, before_rate = self._previous
             self._previous = None
@@ -114,6 +120,14 @@ class AutoTuner:
         if wait < _CONSUMER_BOUND * cycle:
             self._settle(f"{n} workers keep up: the main process waits {wait * 1e3:.2f} ms "
                          f"of a {cycle * 1e3:.2f} ms cycle per batch")
+            return
+        if used >= _CPU_SATURATED:
+            self._settle(f"{n} workers: the loader's processes already use {used:.0%} of "
+                         f"{self.cores} cores; more workers would only compete for them")
+            return
+        if n >= self.cores and cpu >= _CPU_BOUND * busy:
+            self._settle(f"{n} workers: they compute {cpu / busy:.0%} of the time they are "
+                         "busy, so more workers than cores cannot help")
             return
         rate_cpu = self.cores / max(cpu + main + consumer, 1e-9)
         rate_main = 1.0 / max(main + consumer, 1e-9)

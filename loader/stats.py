@@ -60,6 +60,7 @@ class EpochStats:
     batches: int = 0
     samples: int = 0
     elapsed_s: float = 0.0  # from the period's first next() to now
+    first_batch_s: float = 0.0  # the first next(): worker start-up, not counted below
     wait_s: float = 0.0  # main process blocked waiting for a worker's batch
     main_s: float = 0.0  # time inside next() not spent waiting (dispatch, decode, convert)
     consumer_s: float = 0.0  # time between next() calls: the training step
@@ -87,9 +88,9 @@ class EpochStats:
 
     def limiter(self, num_workers: int) -> tuple[str, str]:
         """(what limits throughput, why), from this period's figures."""
-        if not self.batches:
-            return "nothing yet", "no batch delivered"
-        per = 1e3 / self.batches
+        if self.batches < 2:
+            return "nothing yet", "too few batches delivered"
+        per = 1e3 / (self.batches - 1)  # the first batch is start-up, counted apart
         wait, main, consumer = self.wait_s * per, self.main_s * per, self.consumer_s * per
         cycle = wait + main + consumer
         if num_workers == 0:
@@ -179,8 +180,12 @@ class Recorder:
         now = perf_counter()
         self._left_next = now
         main = now - entered - waited
+        first = self.epoch.batches == 0
         for period in (self.epoch, self.total):
             period.batches += 1
+            if first:
+                period.first_batch_s += now - entered
+                continue
             period.wait_s += waited
             period.main_s += main
             period.depth_sum += depth

@@ -238,6 +238,8 @@ def tune_num_workers(dataset: Any, batch_size: int = 1, *, seconds: float = 30.0
                 break
     within = [t for t in trials if t.samples_per_s >= _PICK_WITHIN * best_rate
               and t.memory_bytes <= memory_budget]
+    if not within:  # nothing fits the budget: the least hungry setting tried
+        within = [min(trials, key=lambda t: t.memory_bytes)]
     pick = min(within, key=lambda t: t.num_workers)
     prefetch = 2
     if pick.num_workers and pick.worker_cpu_share is not None \

@@ -59,6 +59,7 @@ class WorkerPool:
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
                  thread_limit: int | None) -> None:
         self.num_workers = 0
+        self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
         self._held: list[list[int]] = []  # per worker: releases not yet sent
         self._closed = False
@@ -194,7 +195,9 @@ class WorkerPool:
                 deadline = time.monotonic() + timeout_s
             wait_ms = _POLL_MS if deadline is None else \
                 max(0, min(_POLL_MS, int((deadline - time.monotonic()) * 1000)))
+            blocked = time.perf_counter()
             events = dict(self._poller.poll(wait_ms))
+            self.blocked_s += time.perf_counter() - blocked
             if results in events:
                 continue
             if events:
