@@ -27,6 +27,8 @@ from loader.sampler import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from loader.stats import LoaderStats
+from loader.tune import TuneResult, tune_num_workers
 from loader.worker_info import WorkerInfo, get_worker_info
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
     "Subset",
     "SubsetRandomSampler",
     "TensorDataset",
+    "LoaderStats",
+    "TuneResult",
     "WeightedRandomSampler",
     "WorkerError",
     "WorkerInfo",
@@ -52,6 +56,7 @@ __all__ = [
     "default_convert",
     "get_worker_info",
     "random_split",
+    "tune_num_workers",
 ]
 
 __version__ = "0.1.0"
