@@ -22,8 +22,8 @@ from typing import Any
 
 import psutil
 
-__all__ = ["MemorySampler", "batch_len", "cpu_seconds", "is_helper", "nbytes",
-           "worker_processes"]
+__all__ = ["MemorySampler", "batch_len", "cpu_seconds", "is_helper", "machine_busy_s",
+           "nbytes", "worker_processes"]
 
 _RSS_INTERVAL_S = 0.05  # RSS sampling period: fine enough to catch short peaks, ~0.1% CPU
 _PSS_INTERVAL_S = 1.0  # PSS/USS sampling period: reading smaps_rollup of a torch-sized
@@ -78,6 +78,13 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
         except psutil.Error:
             pass
     return out
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on the machine has used so far (idle, I/O wait and
+    hypervisor steal left out); less our own, it shows how busy the neighbours were."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
 
 def nbytes(obj: Any) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 __all__ = ["format_table", "write_json", "write_plot"]
 
 _NOTE_WIDTH = 48  # characters of an error message shown in the table; the JSON has all
+_BUSY_NOTE_CORES = 0.25  # other processes' CPU (in cores) during a row's timed loops above
+#                          which the row is flagged: its numbers measure a shared machine
 
 _COLUMNS = [  # (header, row key, format)
     ("workload", "workload", "{}"),
@@ -37,6 +39,8 @@ main µs/b: main-process CPU over the timed loop per batch (the memory sampler's
   subtracted); wkr µs/b: the workers' CPU per batch. p99: 99th percentile next() time.
 peak MB: peak of the summed {kind} of the main process and its workers, sampled every 1 s
   and at the end of the timed loop (RSS in the JSON too).
+"others used N cores": other processes on the machine were busy during the row's timed
+  loops (median of its reps), so its numbers are those of a shared machine.
 The consumer keeps each batch until the next and never reads it."""
 
 
@@ -51,6 +55,8 @@ def _display(row: dict) -> dict:
         notes.append(("ERROR " + row["errors"][0])[:_NOTE_WIDTH])
     if row.get("leaked_pids"):
         notes.append(f"LEAKED workers {row['leaked_pids']}")
+    if (row.get("background_cores") or 0) > _BUSY_NOTE_CORES:
+        notes.append(f"others used {row['background_cores']:.1f} cores")
     if row.get("ideal_samples_per_s") and row.get("fraction_of_ideal") is not None:
         notes.append(f"ideal {row['ideal_samples_per_s']:,.0f}/s: "
                      f"{row['fraction_of_ideal']:.0%}")
@@ -93,6 +99,12 @@ def format_table(result: dict) -> str:
     kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
     lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS"), ""]
     lines += [f"note: {n}" for n in result.get("notes", [])]
+    background = sorted(r["background_cores"] for r in result.get("runs", [])
+                        if r.get("background_cores") is not None)
+    if background:
+        lines.append(f"background load: other processes used a median of "
+                     f"{background[len(background) // 2]:.2f} cores (max {background[-1]:.2f})"
+                     " during the timed loops")
     meta = result.get("meta", {})
     if meta:
         v = meta.get("versions", {})
@@ -136,6 +148,7 @@ def write_plot(result: dict, path: str) -> str | None:
         for loader, points in sorted(loaders.items()):
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=loader)
+        ax.set_xticks(sorted({p[0] for points in loaders.values() for p in points}))
         ax.set_title(workload)
         ax.set_xlabel("num_workers")
         ax.set_ylabel("samples/s")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import faulthandler
+import gc
 import importlib
 import inspect
 import math
@@ -53,7 +54,8 @@ QUICK_WORKLOADS = ("tiny", "image_npcollate", "iterable", "cold_start", "warm_ep
 _METRICS = ("samples_per_s", "mb_per_s", "ttfb_s", "ttfb_main_cpu_ms",
             "main_cpu_us_per_batch", "worker_cpu_us_per_batch", "peak_pss_mb",
             "peak_rss_mb", "peak_uss_mb", "p50_next_ms", "p99_next_ms", "teardown_s",
-            "first_epoch_ttfb_s", "bytes_per_sample", "batches", "samples", "wall_s")
+            "first_epoch_ttfb_s", "bytes_per_sample", "batches", "samples", "wall_s",
+            "background_cores", "run_s")
 
 
 @dataclass
@@ -158,8 +160,11 @@ def plan(config: Config) -> tuple[list[Cell], list[Any], list[str]]:
 
 
 def _runs_in(cell: Cell, adapters: list[Any], config: Config) -> int:
-    calibrate = cell.workload.kind == "throughput" and config.batches is None
-    return len(adapters) * (config.reps + (1 if calibrate else 0))
+    wl = cell.workload
+    calibrate = wl.kind == "throughput" and config.batches is None
+    active = [a for a in adapters if not a.unsupported(
+        wl, cell.num_workers, cell.start_method, wl.kind == "warm_epochs")]
+    return len(active) * (config.reps + (1 if calibrate else 0))
 
 
 # ---------------------------------------------------------------------- running
@@ -259,6 +264,12 @@ def _run_cell(cell: Cell, adapters: list[Any], config: Config, data: _Datasets,
 def run_suite(config: Config) -> dict:
     """Run everything in ``config``; the raw runs, the aggregated rows and the notes."""
     cells, adapters, notes = plan(config)
+    # Every run starts with a full gc.collect() so that one run's garbage is not collected
+    # inside the next one's timed loop. With torch imported that costs ~80 ms a run, so the
+    # objects alive now (imports) are frozen out of collection; both loaders share this
+    # process, so neither is favoured.
+    gc.collect()
+    gc.freeze()
     progress = Progress(sum(_runs_in(c, adapters, config) for c in cells))
     data = _Datasets()
     before = {p.pid for p in worker_processes()}
@@ -271,6 +282,7 @@ def run_suite(config: Config) -> dict:
         for cell in cells:
             results.extend(_run_cell(cell, adapters, config, data, progress))
     progress.close()
+    gc.unfreeze()
     leftover = [p.pid for p in worker_processes(before)]
     return {
         "meta": _meta(config, started, time.monotonic() - t0),

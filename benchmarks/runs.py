@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+import statistics
 import time
 import traceback
 from dataclasses import dataclass
@@ -26,13 +27,14 @@ from typing import Any
 
 import psutil
 
-from benchmarks.measure import (MemorySampler, batch_len, cpu_seconds, nbytes,
-                                worker_processes)
+from benchmarks.measure import (MemorySampler, batch_len, cpu_seconds, machine_busy_s,
+                                nbytes, worker_processes)
 from benchmarks.workloads import Workload
 
 __all__ = ["Cell", "cold_run", "throughput_run", "warm_run"]
 
 _SETTLE_S = 5.0  # how long a finished run's workers may take to exit before we kill them
+_SETTLE_POLL_S = 0.01  # how often that wait re-checks them
 _DRAIN_MAX_BATCHES = 64  # batches read after the timed loop to reach the natural epoch
 #                          end; more than that (a user dataset) and the run just closes
 _MB = 1024 * 1024
@@ -53,7 +55,8 @@ class _Run:
     """Brackets one run: GC first, memory sampling, and a guaranteed shutdown."""
 
     def __init__(self, adapter: Any) -> None:
-        gc.collect()
+        gc.collect()  # the previous run's garbage must not be collected inside this one
+        self.t0 = time.perf_counter()
         self.adapter = adapter
         self.before = {p.pid for p in worker_processes()}
         self.loader: Any = None
@@ -76,15 +79,13 @@ class _Run:
             result.setdefault("error", f"shutdown failed: {type(exc).__name__}: {exc}")
         result.update(self.sampler.stop())
         self.loader = self.iterator = None
-        gc.collect()
-        deadline = time.monotonic() + _SETTLE_S
-        alive = list(self.seen.values())
-        while True:
-            alive = [p for p in alive if _alive(p)]
-            if not alive or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
+        alive = [p for p in self.seen.values() if _alive(p)]
+        if alive:  # an abandoned iterator may only stop when collected
             gc.collect()
+        deadline = time.monotonic() + _SETTLE_S
+        while alive and time.monotonic() < deadline:
+            time.sleep(_SETTLE_POLL_S)
+            alive = [p for p in alive if _alive(p)]
         if alive:
             result["leaked_pids"] = [p.pid for p in alive]
             for proc in alive:  # ours to end: started by this run's loader
@@ -92,6 +93,7 @@ class _Run:
                     proc.kill()
                 except psutil.Error:
                     pass
+        result["run_s"] = time.perf_counter() - self.t0
         return result
 
 
@@ -148,6 +150,7 @@ def throughput_run(adapter: Any, dataset: Any, cell: Cell, n_batches: int, *,
         samples = 0
         deadline = math.inf if time_limit_s is None else time.perf_counter() + time_limit_s
         s0 = run.sampler.cpu_s
+        busy0 = machine_busy_s()
         c0 = time.process_time()
         start = prev = time.perf_counter()
         for _ in range(n_batches):
@@ -161,9 +164,12 @@ def throughput_run(adapter: Any, dataset: Any, cell: Cell, n_batches: int, *,
             samples += batch_len(batch)
             if now >= deadline:
                 break
-        main_cpu = time.process_time() - c0 - (run.sampler.cpu_s - s0)
+        process_cpu = time.process_time() - c0
+        busy = machine_busy_s() - busy0
+        main_cpu = process_cpu - (run.sampler.cpu_s - s0)
         wall = prev - start
         wcpu1 = cpu_seconds(workers)
+        worker_cpu = _worker_cpu(wcpu0, wcpu1)
         batch = None
         run.sampler.sample_full()
         batches = len(latencies)
@@ -173,7 +179,8 @@ def throughput_run(adapter: Any, dataset: Any, cell: Cell, n_batches: int, *,
                 samples_per_s=samples / wall,
                 mb_per_s=samples * result["bytes_per_sample"] / wall / _MB,
                 main_cpu_us_per_batch=main_cpu / batches * 1e6,
-                worker_cpu_us_per_batch=_worker_cpu(wcpu0, wcpu1) / batches * 1e6,
+                worker_cpu_us_per_batch=worker_cpu / batches * 1e6,
+                background_cores=max(0.0, busy - process_cpu - worker_cpu) / wall,
                 p50_next_ms=_quantile(latencies, 0.50) * 1e3,
                 p99_next_ms=_quantile(latencies, 0.99) * 1e3)
         if drain:
@@ -250,7 +257,7 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
                       batches=batches, wall_s=wall)
         if batches and wall > 0:
             result.update(
-                ttfb_s=_quantile(starts[1:], 0.5),
+                ttfb_s=statistics.median(starts[1:]),
                 epoch_start_ms=[s * 1e3 for s in starts],
                 samples_per_s=samples / wall,
                 mb_per_s=samples * result["bytes_per_sample"] / wall / _MB,

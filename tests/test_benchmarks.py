@@ -1,0 +1,71 @@
+"""Smoke test of the benchmark suite: it runs, writes JSON, covers both loaders.
+
+No timing assertions: ``--quick`` measures nothing meaningful, it only exercises every
+code path (calibration, interleaved reps, cold start with fork and spawn, warm epochs,
+a user dataset factory) the way CI can afford.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TIMEOUT_S = 180  # a --quick run takes ~35 s on the 2-core dev VM; this is a hang guard
+
+
+def _bench(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "results.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [_ROOT, os.path.join(_ROOT, "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
+                           *args], cwd=_ROOT, env=env, capture_output=True, text=True,
+                          timeout=_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    with open(out) as f:
+        return proc, json.load(f)
+
+
+def _throughput(rows: list[dict], loader: str) -> list[dict]:
+    return [r for r in rows if r["loader"] == loader and r["kind"] == "throughput"]
+
+
+def test_quick_suite(tmp_path):
+    proc, result = _bench(tmp_path)
+    rows = result["rows"]
+    for loader in ("ours", "torch"):
+        measured = _throughput(rows, loader)
+        assert measured, f"no throughput rows for {loader}"
+        for row in measured:
+            assert not row.get("errors"), row
+            assert row["samples_per_s"] and row["samples_per_s"] > 0, row
+    assert {r["workload"] for r in rows if r["kind"] == "cold_start"} == {
+        "cold_start/fork", "cold_start/spawn"}
+    assert all(r["ttfb_s"] > 0 for r in rows if r["kind"] == "cold_start")
+    assert all(r["samples_per_s"] > 0 for r in rows if r["kind"] == "warm_epochs")
+    assert result["leftover_pids"] == []
+    assert "samples/s" in proc.stdout and "×torch" in proc.stdout
+
+
+def test_user_dataset_factory(tmp_path):
+    _, result = _bench(tmp_path, "--dataset", "bench_factory:factory", "--workers", "0,2")
+    rows = result["rows"]
+    assert {r["workload"] for r in rows} == {"dataset:bench_factory:factory"}
+    for loader in ("ours", "torch"):
+        measured = _throughput(rows, loader)
+        assert {r["num_workers"] for r in measured} == {0, 2}
+        assert all(r["samples_per_s"] > 0 for r in measured), measured
+
+
+@pytest.mark.parametrize("args", [["--loaders", "nope"], ["--workloads", "nope"]])
+def test_bad_names_are_refused(tmp_path, args):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out",
+                           str(tmp_path / "r.json")], cwd=_ROOT, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr
