@@ -94,17 +94,19 @@ def pin(obj: Any) -> Any:
         return obj.pin_memory()
     if isinstance(obj, (str, bytes)):
         return obj
-    if isinstance(obj, collections.abc.Mapping):
-        try:
-            return type(obj)({k: pin(v) for k, v in obj.items()})
-        except TypeError:
-            return {k: pin(v) for k, v in obj.items()}
+    if isinstance(obj, collections.abc.Mapping):  # keeps the subclass, as torch does
+        return _rebuild_mapping(obj, {k: pin(v) for k, v in obj.items()})
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(pin(x) for x in obj))
     if isinstance(obj, tuple):
         return tuple(pin(x) for x in obj)
     if isinstance(obj, collections.abc.Sequence):
         try:
+            if isinstance(obj, collections.abc.MutableSequence):
+                clone = copy.copy(obj)
+                for i, x in enumerate(obj):
+                    clone[i] = pin(x)
+                return clone
             return type(obj)([pin(x) for x in obj])
         except TypeError:
             return [pin(x) for x in obj]

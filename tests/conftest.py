@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import time
 
 import psutil
@@ -13,11 +14,17 @@ import pytest
 _SETTLE_S = 10.0  # how long teardown waits for workers that are already shutting down
 
 
+_OWNER = re.compile(r"^torch_(\d+)_")  # torch's shm files name the process that made them
+
+
 def _shm_entries() -> set[str]:
+    """/dev/shm entries that this test process or its children could have made."""
+    ours = {os.getpid()} | {p.pid for p in _children()}
     try:
-        return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+        names = [n for n in os.listdir("/dev/shm") if not n.startswith("sem.")]
     except FileNotFoundError:
         return set()
+    return {n for n in names if not (m := _OWNER.match(n)) or int(m.group(1)) in ours}
 
 
 def _children() -> list[psutil.Process]:

@@ -42,7 +42,7 @@ class MapFetcher:
             else:
                 dataset = self._dataset
                 data = [dataset[i] for i in index]
-            self.count = len(index)
+            self.count = len(data)  # a batch sampler may yield iterators, without len()
         t1 = perf_counter()
         batch = self._collate_fn(data)
         self.fetch_s, self.collate_s = t1 - t0, perf_counter() - t1
