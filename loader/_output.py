@@ -19,54 +19,82 @@ import numpy as np
 
 from loader.collate import _rebuild_mapping
 
-__all__ = ["OUTPUT_CHOICES", "pin", "pin_available", "resolve_output", "to_torch"]
+__all__ = ["OUTPUT_CHOICES", "pin", "pin_available", "resolve_output", "to_numpy", "to_torch"]
 
 OUTPUT_CHOICES = ("auto", "numpy", "torch")
 _NO_TORCH_KINDS = frozenset("SUOaVMm")  # dtype kinds torch.from_numpy refuses
 
 
-def resolve_output(output: str | None) -> bool:
-    """True when batches should be torch tensors."""
+def resolve_output(output: str | None) -> str:
+    """What the iterators do to each batch: "torch", "numpy" (tensors become arrays) or
+    "as-is" (auto without torch: numpy unless the samples themselves hold tensors)."""
     if output is None or output == "auto":
-        return "torch" in sys.modules
+        return "torch" if "torch" in sys.modules else "as-is"
     if output == "numpy":
-        return False
+        return "numpy"
     if output == "torch":
         import torch  # noqa: F401  (fails clearly when torch is not installed)
-        return True
+        return "torch"
     raise ValueError(f"output should be one of {OUTPUT_CHOICES!r}, but got output={output!r}")
 
 
-def to_torch(obj: Any) -> Any:
-    """Replace every numpy array inside ``obj`` by a tensor sharing its memory."""
-    t = type(obj)
-    if t is np.ndarray:
+def _numpy_to_torch(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
         if obj.dtype.kind in _NO_TORCH_KINDS:
             return obj
-        return sys.modules["torch"].from_numpy(obj)
+        return sys.modules["torch"].from_numpy(obj.view(np.ndarray))
+    return _NOT_A_LEAF
+
+
+def _torch_to_numpy(obj: Any) -> Any:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        tensor = obj.detach()
+        return (tensor if tensor.device.type == "cpu" else tensor.cpu()).numpy()
+    return _NOT_A_LEAF
+
+
+_NOT_A_LEAF = object()
+_ATOMS = (str, bytes, int, float, bool, type(None))
+
+
+def _convert(obj: Any, leaf: Any) -> Any:
+    """``obj`` with every leaf replaced by ``leaf(x)``, containers kept as collate keeps them."""
+    t = type(obj)
     if t is list:
-        return [to_torch(x) for x in obj]
+        return [_convert(x, leaf) for x in obj]
     if t is dict:
-        return {k: to_torch(v) for k, v in obj.items()}
+        return {k: _convert(v, leaf) for k, v in obj.items()}
     if t is tuple:
-        return tuple(to_torch(x) for x in obj)
-    if t in (str, bytes, int, float, bool) or obj is None:
+        return tuple(_convert(x, leaf) for x in obj)
+    if t in _ATOMS:
         return obj
-    if isinstance(obj, np.ndarray):  # memmap and other subclasses
-        return to_torch(obj.view(np.ndarray))
+    converted = leaf(obj)
+    if converted is not _NOT_A_LEAF:
+        return converted
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return t(*(to_torch(x) for x in obj))
+        return t(*(_convert(x, leaf) for x in obj))
     if isinstance(obj, collections.abc.Mapping):  # keeps the subclass, as collate does
-        return _rebuild_mapping(obj, {k: to_torch(v) for k, v in obj.items()})
+        return _rebuild_mapping(obj, {k: _convert(v, leaf) for k, v in obj.items()})
     if isinstance(obj, collections.abc.MutableSequence):
         try:
             clone = copy.copy(obj)  # list.copy() would drop a list subclass
             for i, x in enumerate(obj):
-                clone[i] = to_torch(x)
+                clone[i] = _convert(x, leaf)
             return clone
         except TypeError:
-            return [to_torch(x) for x in obj]
+            return [_convert(x, leaf) for x in obj]
     return obj
+
+
+def to_torch(obj: Any) -> Any:
+    """Replace every numpy array inside ``obj`` by a tensor sharing its memory."""
+    return _convert(obj, _numpy_to_torch)
+
+
+def to_numpy(obj: Any) -> Any:
+    """Replace every torch tensor inside ``obj`` by a numpy array (sharing memory on CPU)."""
+    return _convert(obj, _torch_to_numpy)
 
 
 def pin_available() -> bool:

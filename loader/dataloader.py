@@ -180,7 +180,7 @@ class DataLoader(Generic[T_co]):
         self.collate_fn = collate_fn
         self.persistent_workers = persistent_workers
         self.output = output
-        self._as_torch = _output.resolve_output(output)
+        self._output_mode = _output.resolve_output(output)
 
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None

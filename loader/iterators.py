@@ -8,6 +8,7 @@ and hand the batch through the same output step (torch tensors, pinning).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -32,7 +33,7 @@ class BaseIter:
         self._timeout = loader.timeout
         self._collate_fn = loader.collate_fn
         self._seed_source = as_source(loader._seed_source)
-        self._as_torch = loader._as_torch
+        self._output = loader._output_mode
         if loader.pin_memory and loader.pin_memory_device:
             warnings.warn(
                 "pin_memory_device is deprecated, the current accelerator will be used as the "
@@ -41,7 +42,7 @@ class BaseIter:
             )
         if loader.pin_memory and not _output.pin_available():
             _output.warn_no_pin()
-        self._pin = bool(loader.pin_memory and self._as_torch and _output.pin_available())
+        self._pin = bool(loader.pin_memory and self._output == "torch" and _output.pin_available())
         self._sampler_iter = iter(self._index_sampler)
         self._base_seed = self._seed_source.seed()
         self._num_yielded = 0
@@ -90,10 +91,12 @@ class BaseIter:
                     "for examples."
                 )
             warnings.warn(msg, stacklevel=2)
-        if self._as_torch:
+        if self._output == "torch":
             data = _output.to_torch(data)
             if self._pin:
                 data = _output.pin(data)
+        elif self._output == "numpy" and "torch" in sys.modules:
+            data = _output.to_numpy(data)
         return data
 
     def __len__(self) -> int:

@@ -1086,11 +1086,14 @@ def test_custom_collate_fn_containers_keep_their_types_in_torch_mode():
     assert type(batch[0]["x"]) is torch.Tensor and type(batch[1].x) is torch.Tensor
 
 
-def test_output_numpy_with_tensor_samples_gives_tensors():
-    """Collate stacks tensors into tensors whatever the output mode: output only decides
-    what numpy arrays become."""
+def test_output_numpy_forces_numpy_even_for_tensor_samples():
+    """An explicit output="numpy" is a promise: collate stacks the tensors, then the
+    batch is handed over as numpy arrays sharing the tensors' memory."""
     batch = next(iter(DataLoader(TensorSampleDataset(), batch_size=2, output="numpy")))
-    assert all(type(x) is torch.Tensor for x in batch)
+    assert all(type(x) is np.ndarray for x in batch)
+    expected = next(iter(torch.utils.data.DataLoader(TensorSampleDataset(), batch_size=2)))
+    for ours, theirs in zip(batch, expected):
+        np.testing.assert_array_equal(ours, theirs.numpy())
 
 
 def test_output_torch_shares_memory_with_the_collated_array():
