@@ -63,7 +63,12 @@ class MultiProcessIter(BaseIter):
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
             thread_limit=_THREAD_LIMIT)
-        self._reset(loader, first_iter=True)
+        self._reset(loader, first_iter=True)  # queues the first tasks before any fork
+        try:
+            self._pool.start(1)  # the others start while the main waits for batch 0
+        except BaseException:
+            self._shutdown()
+            raise
 
     # ------------------------------------------------------------------ introspection
 
@@ -81,7 +86,7 @@ class MultiProcessIter(BaseIter):
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
         n = self._num_workers
-        self._recorder.start_epoch(n, self._pool.pids)
+        self._recorder.start_epoch(n, self._pool._pids)
         self._buffered = 0
         self._send_idx = 0
         self._rcvd_idx = 0
@@ -237,12 +242,13 @@ class MultiProcessIter(BaseIter):
         self._num_workers += len(ids)
         self._workers_status += [True] * len(ids)
         self._workers_num_tasks += [0] * len(ids)
-        self._recorder.resize(self._num_workers, self._pool.pids)
         while True:
             before = self._tasks_outstanding
             self._try_put_index()
             if self._tasks_outstanding == before:
                 break
+        self._pool.start()
+        self._recorder.resize(self._num_workers, self._pool._pids)
 
     def _shrink_to(self, count: int) -> None:
         """Retire the newest workers down to ``count`` once their tasks are done."""

@@ -2,13 +2,13 @@
 
 ```
  start: min(cores, 4) workers
- the loader's processes use >= 85% of the cores, or workers compute >= 80% of their busy
-     time with n >= cores ──────────────────────────────▶ settle
+ the loader's processes use >= 85% of the cores, or n >= cores and workers wait on I/O
+     under 20% of their busy time ──────────────────────▶ settle
  window (>= max(8, 2n) batches and 0.25 s) ─▶ per batch: main waits w, main works m,
-     consumer u, a worker is busy b of which c on CPU
+     consumer u, a worker is busy b: c on CPU, q waiting for a CPU (schedstat), io = b-c-q
  consumer-bound (w < 10% of the cycle) ─────────────▶ settle
  target rate  R = min(cores / (c + m + u), 1 / (m + u))      (CPU and main-thread limits)
- target count n* = ceil(1.15 R b), within max_workers and the memory budget
+ target count n* = ceil(1.15 R (c + io)), within max_workers and the memory budget
  n* > n ─▶ grow, measure again ─▶ no +5% ─▶ back to n, settle      n* <= n ─▶ settle
 ```
 
@@ -26,6 +26,8 @@ import os
 from time import perf_counter
 from typing import Any
 
+from loader.stats import run_queue_s
+
 __all__ = ["AutoTuner", "initial_workers"]
 
 _MAX_STEPS = 3  # resizes before settling for good
@@ -34,7 +36,7 @@ _GAIN = 1.05  # a resize must raise throughput this much to be kept
 _CONSUMER_BOUND = 0.10  # main waits less than this share of the cycle: consumer-bound
 _WINDOW_S = 0.25  # shortest measurement window
 _CPU_SATURATED = 0.85  # the loader's processes use this share of the cores: no room to grow
-_CPU_BOUND = 0.8  # workers on CPU this share of their busy time cannot gain beyond cores
+_CPU_BOUND = 0.8  # workers waiting on I/O under 1 - this share cannot gain beyond cores
 
 
 def _cores() -> int:
@@ -88,11 +90,11 @@ class AutoTuner:
         mark = (now, epoch.batches, epoch.samples, epoch.wait_s, epoch.main_s,
                 epoch.consumer_s, sum(w.busy_s for w in epoch.workers),
                 sum(w.cpu_s for w in epoch.workers), sum(w.batches for w in epoch.workers),
-                it._tree_cpu_s())
+                it._tree_cpu_s(), run_queue_s(it._pool._pids))
         if self._window is None:
             self._window = mark
             return
-        t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0 = self._window
+        t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0, queued0 = self._window
         batches = mark[1] - b0
         if batches < max(8, 2 * n) or now - t0 < _WINDOW_S:
             return
@@ -103,11 +105,13 @@ class AutoTuner:
         wait, main, consumer = ((mark[i] - self_i) / batches
                                 for i, self_i in ((3, w0), (4, m0), (5, u0)))
         busy, cpu = (mark[6] - busy0) / produced, (mark[7] - cpu0) / produced
+        queued = min(max(0.0, (mark[10] - queued0) / produced), max(0.0, busy - cpu))
+        io = max(0.0, busy - cpu - queued)  # waiting on something other than a CPU
         used = (mark[9] - tree0) / (now - t0) / self.cores  # share of the cores in use
-        self._decide(it, n, rate, wait, main, consumer, busy, cpu, used)
+        self._decide(it, n, rate, wait, main, consumer, busy, cpu, io, used)
 
     def _decide(self, it: Any, n: int, rate: float, wait: float, main: float,
-                consumer: float, busy: float, cpu: float, used: float) -> None:
+                consumer: float, busy: float, cpu: float, io: float, used: float) -> None:
         if self._previous is not None:
             before_n, before_rate = self._previous
             self._previous = None
@@ -125,13 +129,13 @@ class AutoTuner:
             self._settle(f"{n} workers: the loader's processes already use {used:.0%} of "
                          f"{self.cores} cores; more workers would only compete for them")
             return
-        if n >= self.cores and cpu >= _CPU_BOUND * busy:
-            self._settle(f"{n} workers: they compute {cpu / busy:.0%} of the time they are "
-                         "busy, so more workers than cores cannot help")
+        if n >= self.cores and io < (1 - _CPU_BOUND) * busy:
+            self._settle(f"{n} workers: they wait on I/O only {io / busy:.0%} of the time they "
+                         "are busy (the rest is CPU), so more workers than cores cannot help")
             return
         rate_cpu = self.cores / max(cpu + main + consumer, 1e-9)
         rate_main = 1.0 / max(main + consumer, 1e-9)
-        target = math.ceil(_HEADROOM * min(rate_cpu, rate_main) * busy)
+        target = math.ceil(_HEADROOM * min(rate_cpu, rate_main) * (cpu + io))
         limit, why = self.max_workers, f"max_workers={self.max_workers}"
         per_worker = it._worker_memory()
         if per_worker:

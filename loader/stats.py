@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-__all__ = ["EpochStats", "LoaderStats", "Recorder", "WorkerStats"]
+__all__ = ["EpochStats", "LoaderStats", "Recorder", "WorkerStats", "run_queue_s"]
 
 _CONSUMER_BOUND = 0.10  # main waits less than this share of a batch's cycle: consumer-bound
 _BUSY = 0.80  # workers busier than this share of the time are the limiter
@@ -153,16 +153,16 @@ class Recorder:
         self.epoch = EpochStats(workers=[WorkerStats() for _ in range(num_workers)])
         while len(self.total.workers) < num_workers:
             self.total.workers.append(WorkerStats())
-        self.pids = list(pids)
+        self.pids = pids  # the pool's own list: workers started later show up in it
         self._started = None
         self._left_next = None
 
     def resize(self, num_workers: int, pids: list) -> None:
-        """The pool grew or shrank (num_workers="auto")."""
+        """The pool started, grew or shrank (num_workers="auto"): new pids."""
         for period in (self.epoch, self.total):
             while len(period.workers) < num_workers:
                 period.workers.append(WorkerStats())
-        self.pids = list(pids)
+        self.pids = pids
 
     def entered(self) -> float:
         now = perf_counter()
@@ -232,3 +232,21 @@ def _live(period: EpochStats, pids: list) -> None:
             w.rss = psutil.Process(pid).memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             w.rss = None
+
+
+def run_queue_s(pids: list) -> float:
+    """Seconds these processes spent runnable but waiting for a CPU (Linux schedstat).
+
+    Busy time that is neither CPU nor run-queue wait is real waiting (I/O, sleeps): the
+    tuners use this to tell an oversubscribed CPU from workers that wait on storage.
+    """
+    total = 0
+    for pid in pids:
+        if pid is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import psutil
 
+from loader.stats import run_queue_s
+
 __all__ = ["Trial", "TuneResult", "candidate_counts", "main", "tune_num_workers"]
 
 _GAIN = 1.05  # a trial must beat the best so far by 5% to count as "still rising"
@@ -33,8 +35,8 @@ _PATIENCE = 2  # trials without such a gain before the search stops
 _PICK_WITHIN = 0.95  # the pick: fewest workers reaching 95% of the best throughput
 _WARMUP_SHARE = 0.25  # share of a trial's time spent warming up before the timed window
 _MIN_TRIAL_S = 0.4  # a shorter timed window measures noise
-_IO_BOUND_CPU = 0.5  # workers using less CPU than this share of their busy time wait on I/O
-_CPU_BOUND = 0.8  # workers using more than this share are CPU-bound: beyond cores + 1 no gain
+_IO_BOUND_CPU = 0.5  # workers waiting on I/O more than this share of busy time: try prefetch 4
+_CPU_BOUND = 0.8  # workers waiting on I/O less than 1 - this share: beyond cores + 1 no gain
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Trial:
     memory_bytes: int  # the main's RSS plus its workers' USS at the end of the trial
     seconds: float  # wall time the trial took, start-up included
     worker_cpu_share: float | None = None  # workers' CPU time / their busy time
+    worker_io_share: float | None = None  # share of busy time waiting on I/O, not on a CPU
 
 
 @dataclass
@@ -158,7 +161,12 @@ def _measure(loader: Any, num_workers: int, prefetch_factor: int | None, seconds
             if time.perf_counter() > warm_until:
                 break
         cpu0, _ = _tree_cpu_and_memory()
-        samples0 = loader.stats().total.samples
+        stats0 = loader.stats()
+        samples0 = stats0.total.samples
+        busy0 = sum(w.busy_s for w in stats0.total.workers)
+        wcpu0 = sum(w.cpu_s for w in stats0.total.workers)
+        pids = [w.pid for w in stats0.total.workers]
+        queued0 = run_queue_s(pids)
         t0 = time.perf_counter()
         deadline = t0 + max(_MIN_TRIAL_S, seconds * (1 - _WARMUP_SHARE))
         while time.perf_counter() < deadline:
@@ -167,13 +175,17 @@ def _measure(loader: Any, num_workers: int, prefetch_factor: int | None, seconds
         stats = loader.stats()
         cpu1, rss = _tree_cpu_and_memory()
         samples = stats.total.samples - samples0
-        share = None
+        share = io_share = None
         if num_workers > 0:
-            busy = sum(w.busy_s for w in stats.total.workers)
-            share = sum(w.cpu_s for w in stats.total.workers) / busy if busy > 0 else None
+            busy = sum(w.busy_s for w in stats.total.workers) - busy0
+            if busy > 0:
+                wcpu = sum(w.cpu_s for w in stats.total.workers) - wcpu0
+                queued = min(run_queue_s(pids) - queued0, busy - wcpu)
+                share = wcpu / busy
+                io_share = max(0.0, busy - wcpu - queued) / busy
         return Trial(num_workers, prefetch_factor if num_workers else None,
                      samples / elapsed, (cpu1 - cpu0) / elapsed, rss,
-                     time.perf_counter() - started, share)
+                     time.perf_counter() - started, share, io_share)
     finally:
         loader.close()
 
@@ -222,10 +234,10 @@ def tune_num_workers(dataset: Any, batch_size: int = 1, *, seconds: float = 30.0
         if trial.memory_bytes > memory_budget:
             stop = f"memory budget ({memory_budget / 2**20:.0f} MB) reached"
             break
-        if n > cores and trial.worker_cpu_share is not None \
-                and trial.worker_cpu_share >= _CPU_BOUND:
-            stop = (f"workers are CPU-bound ({trial.worker_cpu_share:.0%} of their busy time "
-                    "on CPU): more workers than cores cannot help")
+        if n > cores and trial.worker_io_share is not None \
+                and trial.worker_io_share < 1 - _CPU_BOUND:
+            stop = (f"workers wait on I/O only {trial.worker_io_share:.0%} of their busy time "
+                    "(the rest is CPU or waiting for one): more workers than cores cannot help")
             best_rate = max(best_rate, trial.samples_per_s)
             break
         if trial.samples_per_s > best_rate * _GAIN:
@@ -242,8 +254,8 @@ def tune_num_workers(dataset: Any, batch_size: int = 1, *, seconds: float = 30.0
         within = [min(trials, key=lambda t: t.memory_bytes)]
     pick = min(within, key=lambda t: t.num_workers)
     prefetch = 2
-    if pick.num_workers and pick.worker_cpu_share is not None \
-            and pick.worker_cpu_share < _IO_BOUND_CPU \
+    if pick.num_workers and pick.worker_io_share is not None \
+            and pick.worker_io_share > _IO_BOUND_CPU \
             and seconds - (time.perf_counter() - started) > per_trial * 0.8:
         deeper = run_trial(dataset, batch_size, pick.num_workers, 4, per_trial, loader_kwargs)
         trials.append(deeper)

@@ -359,13 +359,30 @@ except RuntimeError as exc:
 # ---------------------------------------------------------------------------- memory
 
 
-def test_shared_memory_shortage_is_a_clear_error():
+def test_shared_memory_shortage_is_reported_before_workers_start():
+    proc, reports = run_child("""
+import ipc.capacity, psutil
+ipc.capacity.available_bytes = lambda: 4096
+before = len(psutil.Process().children())
+try:
+    iter(DataLoader(np.zeros((8, 4)), batch_size=4, num_workers=2))
+    report(error=None)
+except MemoryError as exc:
+    report(error=str(exc), started=len(psutil.Process().children()) - before)
+""")
+    (result,) = reports
+    assert "only 4096 bytes are available" in result["error"]
+    assert "/dev/shm's size does not matter" in result["error"]
+    assert result["started"] == 0
+
+
+def test_a_batch_too_big_for_memory_is_a_clear_error():
     proc, reports = run_child("""
 import ipc.capacity
-ipc.capacity.available_bytes = lambda: 4096  # workers are forked: they inherit the patch
+ipc.capacity.available_bytes = lambda: 16 << 20  # enough to start, not for 32 MiB batches
 class DS:
     def __len__(self): return 8
-    def __getitem__(self, i): return np.zeros(1 << 20, np.uint8)
+    def __getitem__(self, i): return np.zeros(8 << 20, np.uint8)
 it = iter(DataLoader(DS(), batch_size=4, num_workers=1))
 pids = list(it.worker_pids)
 try:
@@ -376,8 +393,8 @@ except MemoryError as exc:
 """)
     (result,) = reports
     assert result["error"], proc.stderr[-2000:]
-    assert "needs 4194304 bytes of shared memory" in result["error"]
-    assert "only 4096 bytes are available" in result["error"]
+    assert "needs 33554432 bytes of shared memory for a batch" in result["error"]
+    assert f"only {16 << 20} bytes are available" in result["error"]
     assert_gone(result["pids"])
 
 

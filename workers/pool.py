@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import signal
 import time
@@ -44,6 +45,8 @@ __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
 _DEATH_GRACE_MS = 50  # after a sentinel fires: time for the dead worker's last message
+_RECONNECT_MS = 2  # the task socket connects before its worker binds: retry this soon
+#                    (zmq's default, 100 ms, was most of the time to the first batch)
 _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole MiB)
 _DUMP_WAIT_S = 1.0  # how long a stack dump from a stuck worker is waited for
 _POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
@@ -99,7 +102,10 @@ class WorkerPool:
             raise
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
-        """Start ``count`` more workers (ids continue from the current count)."""
+        """Prepare ``count`` more workers (ids continue from the current count): their
+        slots and task sockets exist at once, so tasks can be queued for them before
+        :meth:`start` forks them, and the first worker starts on its first batch while
+        the next ones are still being forked."""
         ids = list(range(self.num_workers, self.num_workers + count))
         total = self.num_workers + count
         for k in ids:
@@ -112,6 +118,7 @@ class WorkerPool:
             sock = self._zmq.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
             sock.connect(f"{self._run}-task-{k}")
             self._tasks.append(sock)
             self._held.append([])
@@ -124,12 +131,34 @@ class WorkerPool:
                 dump_fd=dump_fd, **self._spec)
             process = self._context.Process(target=worker_main, args=(spec,), daemon=True,
                                             name=f"loader-worker-{k}")
-            process.start()
             self._processes.append(process)
-            self._pids.append(process.pid)
-            self._poller.register(process.sentinel, zmq.POLLIN)
+            self._pids.append(None)
             self.num_workers += 1
         return ids
+
+    def start(self, count: int | None = None) -> None:
+        """Start prepared worker processes: ``count`` of them, or all. The rest start one
+        at a time whenever :meth:`receive` would otherwise wait (so the first batch does
+        not wait for every fork)."""
+        for k, process in enumerate(self._processes):
+            if self._pids[k] is not None:
+                continue
+            if count is not None:
+                if count <= 0:
+                    return
+                count -= 1
+            if self._inherited:
+                # the parent's objects go to gc's permanent generation for the fork, so the
+                # child's collections never walk (and copy-on-write) them; O(1) both ways
+                gc.freeze()
+                try:
+                    process.start()
+                finally:
+                    gc.unfreeze()
+            else:
+                process.start()
+            self._pids[k] = process.pid
+            self._poller.register(process.sentinel, zmq.POLLIN)
 
     def retire(self, worker_id: int) -> None:
         """Stop a worker on purpose; its exit is not an error. Give it no more tasks."""
@@ -141,12 +170,21 @@ class WorkerPool:
     # ------------------------------------------------------------------ messages
 
     @property
-    def pids(self) -> list[int | None]:
+    def pids(self) -> list[int]:
+        self.start()  # whoever asks for the pids gets every worker started
         return list(self._pids)
 
     @property
     def processes(self) -> list:
+        self.start()
         return list(self._processes)
+
+    def _start_one(self) -> bool:
+        """Fork the next prepared worker, if any is left; True if one was started."""
+        if None not in self._pids:
+            return False
+        self.start(1)
+        return True
 
     def send(self, worker_id: int, message: Any) -> None:
         self._tasks[worker_id].send(pack(message))
@@ -191,6 +229,8 @@ class WorkerPool:
                     return message, None
                 continue
             self.flush_releases()
+            if self._start_one():
+                continue  # the main process had nothing better to do than fork
             if deadline is None and timeout_s is not None:
                 deadline = time.monotonic() + timeout_s
             wait_ms = _POLL_MS if deadline is None else \
@@ -213,7 +253,8 @@ class WorkerPool:
 
     def _raise_if_dead(self) -> None:
         dead = [(k, p) for k, p in enumerate(self._processes)
-                if k not in self._retired and p.exitcode is not None]
+                if k not in self._retired and self._pids[k] is not None
+                and p.exitcode is not None]
         if not dead:
             return
         if self._results.poll(_DEATH_GRACE_MS):
@@ -225,7 +266,8 @@ class WorkerPool:
     def check_alive(self) -> None:
         """Raise :class:`WorkerError` if a worker has died (no grace period)."""
         for k, process in enumerate(self._processes):
-            if k not in self._retired and process.exitcode is not None:
+            if k not in self._retired and self._pids[k] is not None \
+                    and process.exitcode is not None:
                 raise WorkerError(describe_exit(k, process.pid, process.exitcode),
                                   worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
@@ -252,16 +294,17 @@ class WorkerPool:
             return
         self._closed = True
         _LIVE_POOLS.discard(self)
-        for k, process in enumerate(self._processes):
+        started = [(k, p) for k, p in enumerate(self._processes) if self._pids[k] is not None]
+        for k, process in started:
             if process.exitcode is None and k not in self._retired:
                 try:
                     self.send(k, Stop())
                 except zmq.ZMQError:
                     pass
         deadline = time.monotonic() + _JOIN_TIMEOUT_S
-        for process in self._processes:
+        for _, process in started:
             process.join(max(0.0, deadline - time.monotonic()))
-        for process in self._processes:
+        for _, process in started:
             if process.exitcode is None:
                 process.kill()
                 process.join(_JOIN_TIMEOUT_S)
@@ -276,7 +319,7 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
         self._dump_fds = []
-        for process in self._processes:
+        for _, process in started:
             try:
                 process.close()
             except (ValueError, AttributeError):
