@@ -54,6 +54,7 @@ class MultiProcessIter(BaseIter):
         self._retired: set[int] = set()  # workers stopped by "auto" shrinking
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
         self._autotune = loader._autotuner
+        self._started_processes: list = []
         self._pool: WorkerPool | None = None
         self._pool = WorkerPool(
             num_workers=self._num_workers, context=loader._worker_context(),
@@ -74,8 +75,10 @@ class MultiProcessIter(BaseIter):
 
     @property
     def _workers(self) -> list:
-        """The worker processes (torch's introspection hook)."""
-        return self._pool.processes if self._pool is not None else []
+        """The worker processes (torch's introspection hook; kept after the epoch)."""
+        if self._pool is not None:
+            self._started_processes = self._pool.processes
+        return list(self._started_processes)
 
     @property
     def worker_pids(self) -> list:
@@ -289,6 +292,7 @@ class MultiProcessIter(BaseIter):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
+            self._started_processes = pool.exited
 
     def close(self) -> None:
         """Stop the workers now; the iterator is finished afterwards."""

@@ -2,12 +2,14 @@
 the same results as num_workers=0, and torch output.
 
 Differential tests run torch's own DataLoader on the same dataset and compare batch by
-batch. Other start methods: ``test_workers_start_methods.py``; errors:
-``test_workers_errors.py``; lifecycle, seeding and memory: ``test_workers_lifecycle.py``.
+batch. Other start methods: ``test_workers_start_methods.py``; errors and timeouts:
+``test_workers_errors.py``; held batches, order, seeding, persistence and shutdown:
+``test_workers_lifecycle.py``; odd payloads and protocol corners: ``test_workers_edges.py``.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from collections import namedtuple
@@ -21,6 +23,18 @@ import loader
 from loader import DataLoader, IterableDataset, get_worker_info
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frozen_heap():
+    """Move what exists before these tests (torch's and pytest's objects) out of the
+    collector's sight: the leak check's gc.collect() then costs ~1 ms instead of ~100 ms
+    per call, while everything a test creates is still collected. Undone afterwards."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
 
 Point = namedtuple("Point", "x y")
 
@@ -159,8 +173,9 @@ class TorchIterable(tud.IterableDataset):
 def test_map_batches_match_torch(num_workers):
     dataset = MixedDataset(23)
     order = [int(i) for i in np.random.default_rng(num_workers).permutation(23)]
-    for kwargs in ({"batch_size": 4}, {"batch_size": 5, "drop_last": True, "sampler": order},
-                   {"batch_sampler": [(0, 1), (2, 3, 4, 5, 6), (7,), (22, 21, 20)]}):
+    other = ({"batch_size": 5, "drop_last": True, "sampler": order} if num_workers % 2 else
+             {"batch_sampler": [(0, 1), (2, 3, 4, 5, 6), (7,), (22, 21, 20), (9, 8)]})
+    for kwargs in ({"batch_size": 4}, other):
         ours = list(DataLoader(dataset, num_workers=num_workers, **kwargs))
         theirs = list(tud.DataLoader(dataset, num_workers=num_workers, **kwargs))
         assert len(ours) == len(theirs) > 0
@@ -169,7 +184,7 @@ def test_map_batches_match_torch(num_workers):
 
 @pytest.mark.parametrize("num_workers", [1, 2, 3, 4])
 def test_iterable_shards_match_torch(num_workers):
-    for batch_size, drop_last in ((None, False), (3, False), (3, True)):
+    for batch_size, drop_last in ((None, False), (3, num_workers % 2 == 1)):
         ours = list(DataLoader(ShardedRange(0, 17), batch_size=batch_size, drop_last=drop_last,
                                num_workers=num_workers))
         theirs = list(tud.DataLoader(TorchIterable(ShardedRange(0, 17, torch_info=True)),
@@ -219,32 +234,31 @@ def test_shuffle_workers_each_sample_once():
 # ---------------------------------------------------------------- iterable sharding
 
 
-@pytest.mark.parametrize("prefetch_factor", [2, 3])
-def test_iterable_per_worker_sizes_unbatched(prefetch_factor):
+def test_iterable_per_worker_sizes_unbatched():
     """torch's test_iterable_style_dataset: sizes [0, 4, 20], batch_size=None, ints stay ints."""
     sizes = [0, 4, 20]
     dataset = WorkerSpecificIterable(sizes)
-    dl = DataLoader(dataset, batch_size=None, num_workers=3, prefetch_factor=prefetch_factor)
-    fetched = list(dl)
-    assert all(type(x) is int for x in fetched)
-    assert sorted(fetched) == sorted(i for s in sizes for i in range(s))
-    assert len(dl) == len(dataset) == 24
+    for prefetch_factor in (2, 3):
+        dl = DataLoader(dataset, batch_size=None, num_workers=3, prefetch_factor=prefetch_factor)
+        fetched = list(dl)
+        assert all(type(x) is int for x in fetched)
+        assert sorted(fetched) == sorted(i for s in sizes for i in range(s))
+        assert len(dl) == len(dataset) == 24
 
 
-@pytest.mark.parametrize("drop_last, expected", [
-    (False, {tuple(range(4)), tuple(range(7)), tuple(range(7, 14)), tuple(range(14, 20))}),
-    (True, {tuple(range(7)), tuple(range(7, 14))}),
-])
-def test_iterable_per_worker_partial_batches(drop_last, expected):
-    """Sizes [0, 4, 20], batch_size 7: each worker ends with its own partial batch."""
-    dl = DataLoader(WorkerSpecificIterable([0, 4, 20]), batch_size=7, drop_last=drop_last,
-                    num_workers=3, output="numpy")
-    fetched = list(dl)
-    assert len(fetched) == len(expected)
-    assert {tuple(b.tolist()) for b in fetched} == expected
-    theirs = list(tud.DataLoader(TorchIterable(WorkerSpecificIterable([0, 4, 20], True)),
-                                 batch_size=7, drop_last=drop_last, num_workers=3))
-    assert [b.tolist() for b in fetched] == [b.tolist() for b in theirs]
+def test_iterable_per_worker_partial_batches():
+    """Sizes [0, 4, 20], batch_size 7: each worker ends with its own partial batch
+    (4 batches), and drop_last drops each of them (2 batches); the order is torch's."""
+    full = {tuple(range(4)), tuple(range(7)), tuple(range(7, 14)), tuple(range(14, 20))}
+    for drop_last, expected in ((False, full), (True, {tuple(range(7)), tuple(range(7, 14))})):
+        dl = DataLoader(WorkerSpecificIterable([0, 4, 20]), batch_size=7, drop_last=drop_last,
+                        num_workers=3, output="numpy")
+        fetched = list(dl)
+        assert len(fetched) == len(expected)
+        assert {tuple(b.tolist()) for b in fetched} == expected
+        theirs = list(tud.DataLoader(TorchIterable(WorkerSpecificIterable([0, 4, 20], True)),
+                                     batch_size=7, drop_last=drop_last, num_workers=3))
+        assert [b.tolist() for b in fetched] == [b.tolist() for b in theirs]
 
 
 def test_iterable_over_length_warning_with_workers():
@@ -299,21 +313,21 @@ class StringDataset:
 
 
 @pytest.mark.parametrize("dataset_cls", [DictDataset, NamedTupleDataset, StringDataset])
-@pytest.mark.parametrize("batch_size", [None, 1, 4])
-def test_same_results_with_and_without_workers(dataset_cls, batch_size):
-    zero = list(DataLoader(dataset_cls(), batch_size=batch_size, num_workers=0))
-    two = list(DataLoader(dataset_cls(), batch_size=batch_size, num_workers=2))
-    assert_same(two, zero)
-    assert_same(to_numpy(two), to_numpy(list(tud.DataLoader(dataset_cls(),
-                                                            batch_size=batch_size))))
+def test_same_results_with_and_without_workers(dataset_cls):
+    for batch_size in (None, 4):
+        zero = list(DataLoader(dataset_cls(), batch_size=batch_size, num_workers=0))
+        two = list(DataLoader(dataset_cls(), batch_size=batch_size, num_workers=2))
+        assert_same(two, zero, f"batch_size={batch_size}")
+        theirs = list(tud.DataLoader(dataset_cls(), batch_size=batch_size))
+        assert_same(to_numpy(two), to_numpy(theirs), f"batch_size={batch_size}")
 
 
-@pytest.mark.parametrize("batch_size", [None, 4])
-def test_same_results_iterable_one_worker(batch_size):
+def test_same_results_iterable_one_worker():
     """An unsharded iterable dataset at 1 worker gives exactly what 0 workers give."""
-    zero = list(DataLoader(CountingIterable(10), batch_size=batch_size, num_workers=0))
-    one = list(DataLoader(CountingIterable(10), batch_size=batch_size, num_workers=1))
-    assert_same(one, zero)
+    for batch_size in (None, 4):
+        zero = list(DataLoader(CountingIterable(10), batch_size=batch_size, num_workers=0))
+        one = list(DataLoader(CountingIterable(10), batch_size=batch_size, num_workers=1))
+        assert_same(one, zero, f"batch_size={batch_size}")
 
 
 def test_same_results_numpy_output_sharded_iterable():
@@ -324,7 +338,7 @@ def test_same_results_numpy_output_sharded_iterable():
     assert sorted(three) == zero == list(range(30))
 
 
-def test_tensor_dataset_and_bulk_loading_nobatch():
+def test_bulk_loading_nobatch():
     """batch_size=None with a sampler that yields lists: the dataset receives the lists."""
 
     class Bulk:
@@ -395,12 +409,12 @@ class TorchSamples:
             (20000,), i, dtype=torch.int32)}
 
 
-@pytest.mark.parametrize("output", ["auto", "torch"])
-def test_torch_samples_collate_to_tensors(output):
-    ours = list(DataLoader(TorchSamples(), batch_size=3, num_workers=2, output=output))
+def test_torch_samples_collate_to_tensors():
     theirs = list(tud.DataLoader(TorchSamples(), batch_size=3, num_workers=2))
-    assert_same(ours, theirs)
-    assert _in_memfd(ours[0][2]["big"].data_ptr())
+    for output in ("auto", "torch"):
+        ours = list(DataLoader(TorchSamples(), batch_size=3, num_workers=2, output=output))
+        assert_same(ours, theirs)
+        assert _in_memfd(ours[0][2]["big"].data_ptr())
 
 
 def test_torch_samples_unbatched():

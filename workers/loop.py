@@ -206,9 +206,12 @@ class _Worker:
             kind, payload, spans = codec.encode(batch, writer)
             encode_s = perf_counter() - t0
             del batch
-        except StopIteration:
-            state.ended = True
+        except StopIteration as exc:
             self.release_unused(slot)
+            if not self.spec.iterable:  # a map dataset raised it: an error, as in torch
+                self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
+                return
+            state.ended = True
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
         except Exception as exc:

@@ -1,7 +1,8 @@
 """Check, before any worker starts, that what the workers need can be pickled.
 
 Under ``spawn`` and ``forkserver`` the dataset, ``collate_fn`` and ``worker_init_fn`` are
-pickled (with dill, so lambdas and local classes work). When one of them cannot be, the
+pickled with ``multiprocess``'s pickler (dill, so lambdas and local classes work; module
+globals travel by reference). The check uses that same pickler. When one of them cannot be, the
 error names the path to the culprit (``dataset.handle._lock``) instead of failing inside a
 half-started worker.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import dill
+from multiprocess.reduction import ForkingPickler
 
 __all__ = ["UnpicklableError", "check_picklable", "find_unpicklable"]
 
@@ -22,7 +23,7 @@ class UnpicklableError(TypeError):
 
 
 def _dumps(obj: Any) -> None:
-    dill.dumps(obj, protocol=dill.HIGHEST_PROTOCOL, recurse=True)
+    ForkingPickler.dumps(obj)  # exactly what starting a worker will do
 
 
 def _children(obj: Any):

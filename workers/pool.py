@@ -27,6 +27,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -54,6 +55,18 @@ _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 _ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in forked children
 
 
+@dataclass(frozen=True)
+class ExitedWorker:
+    """What remains known of a worker after shutdown (its Process object is closed)."""
+
+    pid: int
+    name: str
+    exitcode: int | None
+
+    def is_alive(self) -> bool:
+        return False
+
+
 class WorkerPool:
     """``num_workers`` worker processes, their sockets and their shared-memory arenas."""
 
@@ -68,6 +81,7 @@ class WorkerPool:
         self._closed = False
         self._processes: list = []
         self._pids: list[int | None] = []
+        self.exited: list[ExitedWorker] = []
         self._retired: set[int] = set()  # workers told to stop on purpose ("auto" shrinking)
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
@@ -319,6 +333,7 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
         self._dump_fds = []
+        self.exited = [ExitedWorker(p.pid, p.name, p.exitcode) for _, p in started]
         for _, process in started:
             try:
                 process.close()
