@@ -4,8 +4,8 @@ Worker side, :func:`encode` (the slot is the current one of ``SlotWriter``):
 
 - **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts and numpy arrays of
   plain dtypes, with str / bytes / int / float / bool / None leaves, which is what
-  ``default_collate`` returns, becomes a marshal'd tree whose array leaves are
-  (dtype, shape, offset, strides) in the slot. Arrays ``default_collate`` wrote into the
+  ``default_collate`` returns, becomes a tree of plain tuples whose array leaves are
+  (dtype, shape, offset, strides) in the slot; it rides inside the Result message itself. Arrays ``default_collate`` wrote into the
   slot are described where they are; arrays elsewhere (a custom ``collate_fn``) are
   copied in once.
 - **Pickle** (``PICKLE``): anything else goes through pickle protocol 5; out-of-band
@@ -19,7 +19,6 @@ Main side, :func:`decode` rebuilds the batch as zero-copy arrays on a slot lease
 from __future__ import annotations
 
 import io
-import marshal
 import pickle
 import sys
 from typing import Any
@@ -113,11 +112,12 @@ def _pickle(batch: Any, writer: SlotWriter) -> tuple[bytes, tuple]:
             "(objects that pickle)") from exc
 
 
-def encode(batch: Any, writer: SlotWriter) -> tuple[int, bytes, tuple]:
-    """(codec, payload, spans) for ``batch``; spans are (offset, nbytes) of pickle buffers."""
+def encode(batch: Any, writer: SlotWriter) -> tuple[int, Any, tuple]:
+    """(codec, payload, spans) for ``batch``: the layout tree, or pickled bytes whose
+    out-of-band buffers are at ``spans`` (offset, nbytes) in the slot."""
     if writer.has_slot:
         try:
-            return LAYOUT, marshal.dumps(_layout(batch, writer)), ()
+            return LAYOUT, _layout(batch, writer), ()
         except _NotPlain:
             pass
         payload, spans = _pickle(batch, writer)
@@ -145,10 +145,10 @@ def _rebuild(node: tuple, lease: Lease) -> Any:
     return node[1]
 
 
-def decode(codec: int, payload: bytes, lease: Lease | None, spans: tuple) -> Any:
+def decode(codec: int, payload: Any, lease: Lease | None, spans: tuple) -> Any:
     """The batch in ``payload``, its arrays zero-copy views on ``lease``."""
     if codec == LAYOUT:
-        return _rebuild(marshal.loads(payload), lease)
+        return _rebuild(payload, lease)
     if codec == PICKLE:
         return pickle.loads(payload, buffers=[lease[off:off + n] for off, n in spans])
     return pickle.loads(payload)

@@ -1,11 +1,13 @@
 """The typed messages between the main process and its workers, and their wire format.
 
 main -> worker k:  Task (with the slots released since the last one), Release, Resume, Stop
-worker k -> main:  Result (+ a payload frame), Failure, IterEnd, Started
+worker k -> main:  Result (+ a payload frame unless it carries a layout), Failure, IterEnd,
+                   Started
 
 On the wire a message is the pickled plain tuple ``(kind, *fields)`` in one zmq frame
-(plain tuples pickle about twice as fast as named tuples); a Result's batch follows in a
-second frame (pickle protocol 5, large buffers left in a shared slot).
+(plain tuples pickle about twice as fast as named tuples). A Result carries a plain batch's
+layout itself; any other batch follows in a second frame (pickle protocol 5, large
+buffers left in a shared slot).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Result(NamedTuple):
     codec: int
     spans: tuple
     timing: tuple
+    layout: Any = None  # the batch's layout tree (codec LAYOUT); else a payload frame follows
 
 
 class Failure(NamedTuple):

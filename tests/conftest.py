@@ -45,7 +45,7 @@ def no_leaks(request):
     if request.node.get_closest_marker("allow_leaks"):
         yield
         return
-    gc.collect()
+    gc.freeze()  # what exists now is not this test's; teardown's collection skips it
     shm_before = _shm_entries()
     fds_before = _fd_count()
     before = {p.pid for p in _children()}

@@ -226,7 +226,12 @@ class _Worker:
             slot, size = -1, 0
         fetcher = state.fetcher
         timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
-        self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing), payload)
+        if kind == codec.LAYOUT:
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
+                             payload))
+        else:
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing),
+                      payload)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()

@@ -34,7 +34,7 @@ import zmq
 
 from ipc.arena import Arena
 from ipc.capacity import check_before_start
-from ipc.codec import decode
+from ipc.codec import LAYOUT, decode
 from ipc.messages import Release, Result, Started, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
 from workers.loop import WorkerSpec, worker_main
@@ -238,7 +238,8 @@ class WorkerPool:
                 message = unpack(results.recv())
                 kind = type(message)
                 if kind is Result:
-                    return message, self._decode(message, results.recv())
+                    payload = message.layout if message.codec == LAYOUT else results.recv()
+                    return message, self._decode(message, payload)
                 if kind is not Started:
                     return message, None
                 continue
@@ -259,7 +260,7 @@ class WorkerPool:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
 
-    def _decode(self, message: Result, payload: bytes) -> Any:
+    def _decode(self, message: Result, payload: Any) -> Any:
         lease = None
         if message.slot >= 0 and message.slot_size:
             lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size)
