@@ -121,6 +121,7 @@ class SlotWriter:
         self._slot = -1
         self._offset = 0
         self._maps: list[tuple[int, int]] = []  # (address, size) of this batch's mappings
+        self._given: dict[int, tuple[np.ndarray, int]] = {}  # id -> (array, offset) this batch
 
     @classmethod
     def open(cls, owner_pid: int, fds: list[int], inherited: bool) -> "SlotWriter":
@@ -137,12 +138,14 @@ class SlotWriter:
         """Start writing a batch into ``slot`` (-1: no slot; everything goes inline)."""
         self._slot, self._offset = slot, 0
         self._maps = []
+        self._given = {}
         if slot >= 0 and self._views[slot] is not None:
             self._note_map(self._views[slot])
 
     def end(self) -> int:
         """Finish the batch; returns the slot's size, which the main process must map."""
         self._maps = []
+        self._given = {}
         return self._sizes[self._slot] if self._slot >= 0 else 0
 
     def _note_map(self, view: np.ndarray) -> None:
@@ -177,7 +180,9 @@ class SlotWriter:
         if offset + nbytes > self._sizes[self._slot]:
             self._grow(offset + nbytes)
         self._offset = offset + nbytes
-        return np.ndarray(shape, dtype, buffer=self._views[self._slot], offset=offset)
+        array = np.ndarray(shape, dtype, buffer=self._views[self._slot], offset=offset)
+        self._given[id(array)] = (array, offset)  # the array itself keeps the id unique
+        return array
 
     def offset_of(self, address: int, nbytes: int) -> int | None:
         """The slot offset of memory at ``address``, or None if it lies outside the slot."""
@@ -191,6 +196,9 @@ class SlotWriter:
     def locate(self, array: np.ndarray) -> tuple[int, tuple | None]:
         """(offset, strides) describing ``array`` inside the slot; strides is None for a
         C-contiguous layout. An array that lies elsewhere is first copied into the slot."""
+        given = self._given.get(id(array))
+        if given is not None and given[0] is array:
+            return given[1], None  # handed out by alloc(): C-contiguous at a known offset
         if array.size == 0:
             return 0, None  # touches no memory; rebuilt as an empty array
         start, end = _byte_bounds(array)

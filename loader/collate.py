@@ -93,6 +93,11 @@ def collate_numpy_array_fn(batch, *, collate_fn_map=None):
 
 
 def collate_numpy_scalar_fn(batch, *, collate_fn_map=None):
+    first = batch[0]
+    if len(set(map(type, batch))) == 1:  # one scalar type: no promotion to work out
+        out = allocate((len(batch),), first.dtype)
+        out[:] = np.fromiter(batch, dtype=first.dtype, count=len(batch))
+        return out
     out = np.array(batch)
     if out.dtype != batch[0].dtype and out.dtype.kind in "fc":  # mixed scalar types
         dtype = _torch_result_type([x.dtype for x in batch if isinstance(x, np.generic)])
@@ -197,8 +202,7 @@ def collate(batch, *, collate_fn_map: dict | None = None):
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
         return elem_type(*(collate(s, collate_fn_map=collate_fn_map) for s in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
-        size = len(elem)
-        if any(len(e) != size for e in batch):
+        if len(set(map(len, batch))) > 1:  # map/set run in C: a tenth of a Python loop
             raise RuntimeError("each element in list of batch should be of equal size")
         items = [collate(s, collate_fn_map=collate_fn_map) for s in zip(*batch)]
         return _rebuild_sequence(elem, items)
