@@ -4,7 +4,8 @@
  start: min(cores, 4) workers
  the loader's processes use >= 85% of the cores, or n >= cores and workers wait on I/O
      under 20% of their busy time ──────────────────────▶ settle
- window (>= max(8, 2n) batches and 0.25 s) ─▶ per batch: main waits w, main works m,
+ window (>= max(8, 2n) batches and 0.25 s; the first: max(4, n) and 0.05 s)
+     ─▶ per batch: main waits w, main works m,
      consumer u, a worker is busy b: c on CPU, q waiting for a CPU (schedstat), io = b-c-q
  consumer-bound (w < 10% of the cycle) ─────────────▶ settle
  target rate  R = min(cores / (c + m + u), 1 / (m + u))      (CPU and main-thread limits)
@@ -34,7 +35,8 @@ _MAX_STEPS = 3  # resizes before settling for good
 _HEADROOM = 1.15  # workers beyond the modelled need, for jitter
 _GAIN = 1.05  # a resize must raise throughput this much to be kept
 _CONSUMER_BOUND = 0.10  # main waits less than this share of the cycle: consumer-bound
-_WINDOW_S = 0.25  # shortest measurement window
+_WINDOW_S = 0.25  # shortest window for judging a resize (throughput must be comparable)
+_FIRST_WINDOW_S = 0.05  # the first decision only needs per-batch costs, not a rate
 _CPU_SATURATED = 0.85  # the loader's processes use this share of the cores: no room to grow
 _CPU_BOUND = 0.8  # workers waiting on I/O under 1 - this share cannot gain beyond cores
 
@@ -96,7 +98,11 @@ class AutoTuner:
             return
         t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0, queued0 = self._window
         batches = mark[1] - b0
-        if batches < max(8, 2 * n) or now - t0 < _WINDOW_S:
+        first = self._previous is None and not self.history
+        if first:
+            if batches < max(4, n) or now - t0 < _FIRST_WINDOW_S:
+                return
+        elif batches < max(8, 2 * n) or now - t0 < _WINDOW_S:
             return
         self._window = None
         rate = (mark[2] - s0) / (now - t0)
