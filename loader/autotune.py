@@ -94,6 +94,8 @@ class AutoTuner:
                 sum(w.cpu_s for w in epoch.workers), sum(w.batches for w in epoch.workers),
                 it._tree_cpu_s(), run_queue_s(it._pool._pids))
         if self._window is None:
+            if any(w.batches == 0 for w in epoch.workers[:n]):
+                return  # workers still starting: forks would pass for a saturated CPU
             self._window = mark
             return
         t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0, queued0 = self._window
@@ -131,7 +133,8 @@ class AutoTuner:
             self._settle(f"{n} workers keep up: the main process waits {wait * 1e3:.2f} ms "
                          f"of a {cycle * 1e3:.2f} ms cycle per batch")
             return
-        if used >= _CPU_SATURATED:
+        if used >= _CPU_SATURATED and self.history[:-1]:  # not in the first window, which
+            # follows worker start-up (copy-on-write faults look like a busy CPU)
             self._settle(f"{n} workers: the loader's processes already use {used:.0%} of "
                          f"{self.cores} cores; more workers would only compete for them")
             return

@@ -74,7 +74,9 @@ def rebuild_exception(exc_type_bytes: bytes | None, type_name: str, worker_id: i
         try:
             exc_type = pickle.loads(exc_type_bytes)
         except Exception:  # the class cannot be imported here: fall back to RuntimeError
-            exc_type = RuntimeError
+            pass
+    if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+        exc_type = RuntimeError
     where = f"Caught {type_name} in DataLoader worker process {worker_id}."
     if indices is not None:
         shown = repr(indices)
@@ -84,15 +86,12 @@ def rebuild_exception(exc_type_bytes: bytes | None, type_name: str, worker_id: i
     msg = f"{where}\nOriginal {text}"
     if exc_type is KeyError:
         msg = KeyErrorMessage(msg)
-    elif getattr(exc_type, "message", None) is not None and isinstance(exc_type, type):
+    elif getattr(exc_type, "message", None) is not None:  # torch's rule for such classes
         try:
             return exc_type(message=msg)
         except Exception:
             pass
     try:
-        exc = exc_type(msg)
-        if not isinstance(exc, BaseException):
-            raise TypeError
-        return exc
-    except Exception:
+        return exc_type(msg)
+    except Exception:  # e.g. several required arguments (pytorch #30147)
         return RuntimeError(msg)

@@ -27,52 +27,10 @@ import loader
 from loader import DataLoader
 from loader.collate import default_collate_fn_map
 
-Point = collections.namedtuple("Point", ["x", "y"])
+from helpers import CustomDict, CustomList, Opaque, Point, assert_same, raised
 
 
 # --- comparison helpers -----------------------------------------------------------------
-
-
-def torch_dtype(np_dtype):
-    return torch.from_numpy(np.zeros(0, np_dtype)).dtype
-
-
-def assert_same(ours, theirs, arrays="torch", path="batch"):
-    """``ours`` is ``theirs`` with tensors (``arrays="torch"``) or numpy arrays in place of
-    torch's tensors: same values, matching dtypes and shapes, and the same container
-    types all the way down (list vs tuple vs dict subclass vs namedtuple)."""
-    if isinstance(theirs, torch.Tensor):
-        if arrays == "numpy":
-            assert type(ours) is np.ndarray, f"{path}: {type(ours).__name__}, not an ndarray"
-            assert torch_dtype(ours.dtype) == theirs.dtype, \
-                f"{path}: {ours.dtype} vs {theirs.dtype}"
-            ours = torch.from_numpy(ours)
-        else:
-            assert type(ours) is torch.Tensor, f"{path}: {type(ours).__name__}, not a tensor"
-        assert ours.dtype == theirs.dtype, f"{path}: {ours.dtype} vs {theirs.dtype}"
-        assert ours.shape == theirs.shape, f"{path}: {ours.shape} vs {theirs.shape}"
-        assert torch.equal(ours, theirs), f"{path}: {ours} vs {theirs}"
-        return
-    assert type(ours) is type(theirs), f"{path}: {type(ours).__name__} vs {type(theirs).__name__}"
-    if isinstance(theirs, collections.abc.Mapping):
-        assert list(ours) == list(theirs), path
-        for key in theirs:
-            assert_same(ours[key], theirs[key], arrays, f"{path}[{key!r}]")
-    elif isinstance(theirs, (list, tuple)):
-        assert len(ours) == len(theirs), f"{path}: length {len(ours)} vs {len(theirs)}"
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, arrays, f"{path}[{i}]")
-    elif isinstance(theirs, np.ndarray):
-        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), path
-    else:
-        assert ours == theirs, f"{path}: {ours!r} vs {theirs!r}"
-
-
-def raised(fn):
-    """``(type, message)`` of what ``fn()`` raises."""
-    with pytest.raises(Exception) as info:
-        fn()
-    return type(info.value), str(info.value)
 
 
 def run_recording(fn):
@@ -179,14 +137,6 @@ class NamedTupleDataset:
 
     def __len__(self):
         return 4
-
-
-class CustomList(list):
-    pass
-
-
-class CustomDict(dict):
-    pass
 
 
 class ContainerDataset:
@@ -342,11 +292,11 @@ def test_batches_of_torch_tensor_dataset_match_torch():
     x, y = torch.randn(10, 3), torch.arange(10)
     ours = list(DataLoader(loader.TensorDataset(x, y), batch_size=4))
     theirs = list(tud.DataLoader(tud.TensorDataset(x, y), batch_size=4))
-    assert_same(ours, theirs)
+    assert_same(ours, theirs, "torch")
     ours = list(DataLoader(loader.TensorDataset(x.numpy(), y.numpy()), batch_size=4))
-    assert_same(ours, theirs)
+    assert_same(ours, theirs, "torch")
     ours = list(DataLoader(tud.TensorDataset(x, y), batch_size=4))  # torch's own dataset
-    assert_same(ours, theirs)
+    assert_same(ours, theirs, "torch")
 
 
 # --- ordering and batching (torch's TestDataLoader) -------------------------------------
@@ -956,7 +906,7 @@ def test_pinning_keeps_containers_like_torch():
                 CustomList([Pinnable(3), "s"]), Point(Pinnable(4), b"b"), (Pinnable(5),)]
 
     ours, theirs = pin(batch()), torch_pin(batch())
-    assert_same(ours, theirs)
+    assert_same(ours, theirs, "torch")
     assert ours[0].default_factory is list and ours[3].x == Pinnable(4, pinned=True)
 
 
@@ -1242,11 +1192,6 @@ def test_shuffle_statistics_match_torch():
 
 
 # --- default_collate_fn_map through the DataLoader --------------------------------------
-
-
-class Opaque:
-    def __init__(self, value):
-        self.value = value
 
 
 def collate_opaque(batch, *, collate_fn_map=None):

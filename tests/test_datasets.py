@@ -19,19 +19,7 @@ from loader.dataset import (
     random_split,
 )
 
-
-def raised(fn):
-    """The exception ``fn()`` raises, as ``(type, message)``."""
-    with pytest.raises(Exception) as info:
-        fn()
-    return type(info.value), str(info.value)
-
-
-def same_error(ours, theirs):
-    """Both calls fail with the same exception type and message."""
-    mine = raised(ours)
-    assert mine == raised(theirs)
-    return mine
+from helpers import raised, same_error
 
 
 class DuckDataset:

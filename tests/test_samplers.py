@@ -20,22 +20,10 @@ from loader.sampler import (
     WeightedRandomSampler,
 )
 
+from helpers import raised, same_error
+
 DATASET = list(range(100))
 WEIGHTS = [0.1, 0.9, 0.4, 0.7, 3.0, 0.6]
-
-
-def raised(fn):
-    """The exception ``fn()`` raises, as ``(type, message)``."""
-    with pytest.raises(Exception) as info:
-        fn()
-    return type(info.value), str(info.value)
-
-
-def same_error(ours, theirs):
-    """Both calls fail with the same exception type and message."""
-    mine = raised(ours)
-    assert mine == raised(theirs)
-    return mine
 
 
 def random_samplers(generator=None):

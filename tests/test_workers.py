@@ -9,10 +9,8 @@ batch. Other start methods: ``test_workers_start_methods.py``; errors and timeou
 
 from __future__ import annotations
 
-import gc
 import math
 import warnings
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -22,21 +20,9 @@ import torch.utils.data as tud
 import loader
 from loader import DataLoader, IterableDataset, get_worker_info
 
+from helpers import Point, Sized, frozen_heap  # noqa: F401 (frozen_heap: autouse fixture)
+
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_heap():
-    """Move what exists before these tests (torch's and pytest's objects) out of the
-    collector's sight: the leak check's gc.collect() then costs ~1 ms instead of ~100 ms
-    per call, while everything a test creates is still collected. Undone afterwards."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-Point = namedtuple("Point", "x y")
 
 
 # ---------------------------------------------------------------- comparison helpers
@@ -83,14 +69,8 @@ def to_numpy(obj):
 # ---------------------------------------------------------------- datasets
 
 
-class MixedDataset:
-    """Map-style, subclassing nothing; every element kind default_collate knows."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
+class MixedDataset(Sized):
+    """Map-style, subclassing no Dataset class; every element kind default_collate knows."""
 
     def __getitem__(self, i):
         return {"img": np.full((2, 3), i, np.float32), "label": i, "weight": i / 4,

@@ -6,28 +6,17 @@ ended replicas, prefetch limits, huge index lists).
 from __future__ import annotations
 
 import gc
-import time
 
 import numpy as np
-import psutil
 import pytest
 import torch
 import torch.utils.data as tud
 
 from loader import DataLoader, IterableDataset, get_worker_info
 
+from helpers import Sized, frozen_heap, wait_gone  # noqa: F401 (frozen_heap: autouse fixture)
+
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_heap():
-    """Move what exists before these tests (torch's and pytest's objects) out of the
-    collector's sight: the leak check's gc.collect() then costs ~1 ms instead of ~100 ms
-    per call, while everything a test creates is still collected. Undone afterwards."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def assert_same(ours, ref, path="batch"):
@@ -56,18 +45,6 @@ def assert_same(ours, ref, path="batch"):
         assert type(ours) is type(ref) and ours == ref, f"{path}: {ours!r} != {ref!r}"
 
 
-def wait_gone(pids, within=10.0):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        gc.collect()
-        alive = [p for p in pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 # ---------------------------------------------------------------- payloads
 
 
@@ -91,13 +68,7 @@ def odd_collate(batch):
     }
 
 
-class Indices:
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
+class Indices(Sized):
     def __getitem__(self, i):
         return i
 

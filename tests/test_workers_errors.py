@@ -6,9 +6,7 @@ Worker deaths (segfault, os._exit, signals) are in ``test_faults.py``.
 
 from __future__ import annotations
 
-import gc
 import math
-import os
 import time
 
 import pytest
@@ -16,19 +14,9 @@ import torch.utils.data as tud
 
 from loader import DataLoader, Dataset, IterableDataset
 
+from helpers import frozen_heap, wait_for_gate  # noqa: F401 (frozen_heap: autouse fixture)
+
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-GATE_LIMIT_S = 30  # a gated worker gives up waiting after this long, so nothing can hang
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_heap():
-    """Move what exists before these tests (torch's and pytest's objects) out of the
-    collector's sight: the leak check's gc.collect() then costs ~1 ms instead of ~100 ms
-    per call, while everything a test creates is still collected. Undone afterwards."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def drain(it):
@@ -229,9 +217,7 @@ class GatedDataset:
 
     def __getitem__(self, i):
         if i == 0:
-            deadline = time.monotonic() + GATE_LIMIT_S
-            while not os.path.exists(self.gate) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_gate(self.gate)
         return i
 
 

@@ -20,38 +20,15 @@ from torch.utils.data._utils.worker import _generate_state as torch_generate_sta
 
 from loader import DataLoader, IterableDataset, WorkerInfo, get_worker_info
 
+from helpers import (  # noqa: F401 (frozen_heap: autouse fixture)
+    GATE_LIMIT_S,
+    Sized,
+    frozen_heap,
+    wait_for_gate,
+    wait_gone,
+)
+
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-GATE_LIMIT_S = 30  # a gated worker gives up waiting after this long, so nothing can hang
-EXIT_WITHIN_S = 10  # generous bound for workers to be gone after the user lets go
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_heap():
-    """Move what exists before these tests (torch's and pytest's objects) out of the
-    collector's sight: the leak check's gc.collect() then costs ~1 ms instead of ~100 ms
-    per call, while everything a test creates is still collected. Undone afterwards."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
-def wait_gone(pids, within=EXIT_WITHIN_S):
-    """True once none of ``pids`` is a live process (zombies count as gone)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        gc.collect()
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # ---------------------------------------------------------------- held batches
@@ -134,9 +111,8 @@ class SlowIndex:
     def __getitem__(self, i):
         if i == self.slow_index:
             time.sleep(self.sleep)
-            deadline = time.monotonic() + GATE_LIMIT_S
-            while self.gate and not os.path.exists(self.gate) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            if self.gate:
+                wait_for_gate(self.gate)
         return i
 
 
@@ -150,11 +126,8 @@ class SlowIterable(IterableDataset):
         info = get_worker_info()
         per = -(-self.end // info.num_workers)
         for i in range(info.id * per, min(self.end, (info.id + 1) * per)):
-            if i == per:  # the first item of worker 1
-                deadline = time.monotonic() + GATE_LIMIT_S
-                while self.gate and not os.path.exists(self.gate) \
-                        and time.monotonic() < deadline:
-                    time.sleep(0.01)
+            if i == per and self.gate:  # the first item of worker 1
+                wait_for_gate(self.gate)
             yield i
 
 
@@ -207,14 +180,8 @@ class _TorchSlowIterable(tud.IterableDataset):
 # ---------------------------------------------------------------- seeding
 
 
-class SeedReport:
+class SeedReport(Sized):
     """Each sample reports what the worker's random state looks like."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
 
     def __getitem__(self, i):
         info = get_worker_info()

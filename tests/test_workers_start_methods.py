@@ -8,7 +8,6 @@ cost each of them seconds. Torch's own DataLoader is the reference, always run w
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import sqlite3
@@ -23,21 +22,12 @@ import pytest
 
 from loader import DataLoader, IterableDataset, get_worker_info
 
+from helpers import Sized, frozen_heap  # noqa: F401 (frozen_heap: autouse fixture)
+
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 METHODS = ["fork", "spawn", "forkserver"]
 SLOW_METHODS = ["spawn", "forkserver"]
 MODULE_DB = sqlite3.connect(":memory:")  # unpicklable; each spawned worker imports its own
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_heap():
-    """Move what exists before these tests (torch's and pytest's objects) out of the
-    collector's sight: the leak check's gc.collect() then costs ~1 ms instead of ~100 ms
-    per call, while everything a test creates is still collected. Undone afterwards."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,14 +63,8 @@ def children():
 # ---------------------------------------------------------------- datasets
 
 
-class Squares:
+class Squares(Sized):
     """Map-style: (i*i as float32 array of shape 3, i)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
 
     def __getitem__(self, i):
         return np.full(3, i * i, np.float32), i

@@ -278,14 +278,6 @@ class WorkerPool:
         raise WorkerError(describe_exit(k, process.pid, process.exitcode),
                           worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
-    def check_alive(self) -> None:
-        """Raise :class:`WorkerError` if a worker has died (no grace period)."""
-        for k, process in enumerate(self._processes):
-            if k not in self._retired and self._pids[k] is not None \
-                    and process.exitcode is not None:
-                raise WorkerError(describe_exit(k, process.pid, process.exitcode),
-                                  worker_id=k, pid=process.pid, exitcode=process.exitcode)
-
     def stack_dump(self, worker_id: int) -> str:
         """The worker's Python stacks right now (faulthandler), or '' if it cannot tell."""
         pid, fd = self._pids[worker_id], self._dump_fds[worker_id]
