@@ -1,8 +1,7 @@
 """The typed messages between the main process and its workers, and their wire format.
 
 main -> worker k:  Task (with the slots released since the last one), Release, Resume, Stop
-worker k -> main:  Result (+ a payload frame unless it carries a layout), Failure, IterEnd,
-                   Started
+worker k -> main:  Result (+ a payload frame unless it carries a layout), Failure, IterEnd
 
 On the wire a message is the pickled plain tuple ``(kind, *fields)`` in one zmq frame
 (plain tuples pickle about twice as fast as named tuples). A Result carries a plain batch's
@@ -15,7 +14,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-__all__ = ["Failure", "IterEnd", "Release", "Result", "Resume", "Started", "Stop", "Task",
+__all__ = ["Failure", "IterEnd", "Release", "Result", "Resume", "Stop", "Task",
            "pack", "unpack"]
 
 
@@ -41,12 +40,6 @@ class Resume(NamedTuple):
 
 class Stop(NamedTuple):
     """Exit the worker loop now (the end-of-work marker; never ``None``)."""
-
-
-class Started(NamedTuple):
-    """The worker is up (its pid), sent once before anything else."""
-    worker_id: int
-    pid: int
 
 
 class Result(NamedTuple):
@@ -82,7 +75,7 @@ class IterEnd(NamedTuple):
     worker_id: int
 
 
-_KINDS = (Task, Release, Resume, Stop, Started, Result, Failure, IterEnd)
+_KINDS = (Task, Release, Resume, Stop, Result, Failure, IterEnd)
 _CODE = {cls: code for code, cls in enumerate(_KINDS)}
 
 

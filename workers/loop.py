@@ -33,7 +33,7 @@ import zmq
 
 from ipc import codec
 from ipc.arena import SlotWriter
-from ipc.messages import Failure, IterEnd, Release, Result, Resume, Started, Stop, Task, pack, unpack
+from ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from workers.fetch import make_fetcher
@@ -169,7 +169,6 @@ class _Worker:
         return True
 
     def run(self) -> None:
-        self.send(Started(self.spec.worker_id, os.getpid()))
         while True:
             if not self.read_messages(block=not self.pending):
                 return

@@ -35,7 +35,7 @@ import zmq
 from ipc.arena import Arena
 from ipc.capacity import check_before_start
 from ipc.codec import LAYOUT, decode
-from ipc.messages import Release, Result, Started, Stop, Task, pack, unpack
+from ipc.messages import Release, Result, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
 from workers.loop import WorkerSpec, worker_main
 from workers.pickling import check_picklable
@@ -236,13 +236,10 @@ class WorkerPool:
         while True:
             if results.get(zmq.EVENTS) & zmq.POLLIN:
                 message = unpack(results.recv())
-                kind = type(message)
-                if kind is Result:
+                if type(message) is Result:
                     payload = message.layout if message.codec == LAYOUT else results.recv()
                     return message, self._decode(message, payload)
-                if kind is not Started:
-                    return message, None
-                continue
+                return message, None
             self.flush_releases()
             if self._start_one():
                 continue  # the main process had nothing better to do than fork
