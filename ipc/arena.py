@@ -171,18 +171,22 @@ class SlotWriter:
 
     def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An uninitialised array in the current slot (on the heap when there is none)."""
+        if self._slot < 0:
+            return np.empty(shape, dtype)
+        array, offset = self._carve(shape, dtype)
+        self._given[id(array)] = (array, offset)  # the array itself keeps the id unique
+        return array
+
+    def _carve(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, int]:
+        """A C-contiguous array at the next aligned offset of the slot, and that offset."""
         nbytes = dtype.itemsize
         for d in shape:
             nbytes *= d
-        if self._slot < 0:
-            return np.empty(shape, dtype)
         offset = _round_up(self._offset, _ALIGN)
         if offset + nbytes > self._sizes[self._slot]:
             self._grow(offset + nbytes)
         self._offset = offset + nbytes
-        array = np.ndarray(shape, dtype, buffer=self._views[self._slot], offset=offset)
-        self._given[id(array)] = (array, offset)  # the array itself keeps the id unique
-        return array
+        return np.ndarray(shape, dtype, buffer=self._views[self._slot], offset=offset), offset
 
     def offset_of(self, address: int, nbytes: int) -> int | None:
         """The slot offset of memory at ``address``, or None if it lies outside the slot."""
@@ -203,9 +207,10 @@ class SlotWriter:
             return 0, None  # touches no memory; rebuilt as an empty array
         start, end = _byte_bounds(array)
         base = self._base_of(start, end - start)
-        if base is None:
-            array = self._copy_in(array)
-            base = self._maps[-1][0]
+        if base is None:  # lies elsewhere (a custom collate_fn): one copy into the slot
+            dst, offset = self._carve(array.shape, array.dtype)
+            dst[...] = array
+            return offset, None
         data = array.__array_interface__["data"][0]
         strides = None if array.flags.c_contiguous else array.strides
         return data - base, strides
@@ -216,16 +221,11 @@ class SlotWriter:
                 return base
         return None
 
-    def _copy_in(self, array: np.ndarray) -> np.ndarray:
-        dst = self.alloc(array.shape, array.dtype)
-        dst[...] = array
-        return dst
-
     def place(self, raw: memoryview) -> int:
         """Copy a contiguous buffer that lies elsewhere into the slot; its offset."""
-        dst = self.alloc((raw.nbytes,), np.dtype(np.uint8))
+        dst, offset = self._carve((raw.nbytes,), np.dtype(np.uint8))
         dst[:] = np.frombuffer(raw, np.uint8)
-        return self.offset_of(dst.__array_interface__["data"][0], raw.nbytes)
+        return offset
 
     def close(self) -> None:
         self._views = [None] * len(self._fds)

@@ -64,6 +64,8 @@ class MultiProcessIter(BaseIter):
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
             thread_limit=_THREAD_LIMIT)
+        if self._autotune is not None:
+            self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork
         try:
             self._pool.start(1)  # the others start while the main waits for batch 0
@@ -229,7 +231,7 @@ class MultiProcessIter(BaseIter):
             self._workers_status[worker_id] = False
             self._pool.retire(worker_id)
         self._try_put_index()
-        if self._autotune is not None:
+        if self._autotune is not None and not self._autotune.settled:
             self._autotune.observe(self)
             self._recorder.autotune = self._autotune.report(self._active_workers())
         if type(data) is Failure:
