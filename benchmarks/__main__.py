@@ -61,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    from benchmarks.adapters import ADAPTERS, DEFAULT_LOADERS
-    from benchmarks.workloads import WORKLOADS
+    from .adapters import ADAPTERS, DEFAULT_LOADERS
+    from .workloads import WORKLOADS
     print("workloads:")
     for w in WORKLOADS.values():
         workers = ",".join(map(str, w.workers))
@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         _list()
         return 0
-    from benchmarks import report
-    from benchmarks.adapters import DEFAULT_LOADERS
-    from benchmarks.runner import QUICK_WORKLOADS, Config, run_suite
-    from benchmarks.workloads import WORKLOADS
+    from . import report
+    from .adapters import DEFAULT_LOADERS
+    from .runner import QUICK_WORKLOADS, Config, run_suite
+    from .workloads import WORKLOADS
 
     if args.workloads is not None:
         workloads = args.workloads

@@ -105,7 +105,7 @@ class TorchAdapter(Adapter):
 
 
 def _registry() -> dict[str, Adapter]:
-    from benchmarks import peers
+    from . import peers
     adapters: list[Adapter] = [OursAdapter(), OursAdapter("ours-torch", "torch"),
                                TorchAdapter(), *peers.PEERS]
     return {a.name: a for a in adapters}

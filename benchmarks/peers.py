@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from benchmarks.adapters import Adapter, TorchAdapter
+from .adapters import Adapter, TorchAdapter
 
 __all__ = ["PEERS"]
 

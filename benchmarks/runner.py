@@ -34,10 +34,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.adapters import ADAPTERS, BASELINE
-from benchmarks.measure import worker_processes
-from benchmarks.runs import Cell, cold_run, throughput_run, warm_run
-from benchmarks.workloads import WORKLOADS, Workload
+from .adapters import ADAPTERS, BASELINE
+from .measure import worker_processes
+from .runs import Cell, cold_run, throughput_run, warm_run
+from .workloads import WORKLOADS, Workload
 
 __all__ = ["Config", "QUICK_WORKLOADS", "run_suite"]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import psutil
 
-from benchmarks.measure import (MemorySampler, batch_len, cpu_seconds, machine_busy_s,
+from .measure import (MemorySampler, batch_len, cpu_seconds, machine_busy_s,
                                 nbytes, worker_processes)
-from benchmarks.workloads import Workload
+from .workloads import Workload
 
 __all__ = ["Cell", "cold_run", "throughput_run", "warm_run"]
 

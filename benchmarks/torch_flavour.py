@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.utils.data
 
-from benchmarks.workloads import StreamLogic
+from .workloads import StreamLogic
 
 __all__ = ["TorchStream"]
 

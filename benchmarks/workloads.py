@@ -162,7 +162,7 @@ class OurStream(StreamLogic, loader.IterableDataset):
 
 def make_stream(flavour: str, length: int) -> Any:
     if flavour == "torch":
-        from benchmarks.torch_flavour import TorchStream  # imports torch
+        from .torch_flavour import TorchStream  # imports torch
         return TorchStream(length)
     return OurStream(length)
 

@@ -29,7 +29,7 @@ import os
 from collections import deque
 import numpy as np
 
-from ipc import capacity
+from loader.ipc import capacity
 
 __all__ = ["Arena", "INLINE_MAX", "Lease", "SlotWriter", "ShmReserveError"]
 

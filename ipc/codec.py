@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ipc.arena import INLINE_MAX, Lease, SlotWriter
+from loader.ipc.arena import INLINE_MAX, Lease, SlotWriter
 
 __all__ = ["INBAND", "LAYOUT", "PICKLE", "decode", "encode", "tensor_from_numpy"]
 

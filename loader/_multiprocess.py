@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ipc.messages import Failure, IterEnd, Result, Resume
+from loader.ipc.messages import Failure, IterEnd, Result, Resume
 from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
 from loader.iterators import BaseIter
-from workers.pool import WorkerPool
+from loader.workers.pool import WorkerPool
 
 __all__ = ["MultiProcessIter"]
 

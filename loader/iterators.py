@@ -14,7 +14,7 @@ from typing import Any
 
 from loader import _output
 from loader._random import as_source
-from workers.fetch import make_fetcher
+from loader.workers.fetch import make_fetcher
 
 __all__ = ["BaseIter", "SingleProcessIter"]
 

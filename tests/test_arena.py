@@ -10,8 +10,8 @@ from collections import OrderedDict, deque, namedtuple
 import numpy as np
 import pytest
 
-from ipc import codec
-from ipc.arena import Arena, SlotWriter
+from loader.ipc import codec
+from loader.ipc.arena import Arena, SlotWriter
 from loader import collate
 
 

@@ -358,8 +358,8 @@ except RuntimeError as exc:
 
 def test_shared_memory_shortage_is_reported_before_workers_start():
     proc, reports = run_child("""
-import ipc.capacity, psutil
-ipc.capacity.available_bytes = lambda: 4096
+import loader.ipc.capacity, psutil
+loader.ipc.capacity.available_bytes = lambda: 4096
 before = len(psutil.Process().children())
 try:
     iter(DataLoader(np.zeros((8, 4)), batch_size=4, num_workers=2))
@@ -375,8 +375,8 @@ except MemoryError as exc:
 
 def test_a_batch_too_big_for_memory_is_a_clear_error():
     proc, reports = run_child("""
-import ipc.capacity
-ipc.capacity.available_bytes = lambda: 16 << 20  # enough to start, not for 32 MiB batches
+import loader.ipc.capacity
+loader.ipc.capacity.available_bytes = lambda: 16 << 20  # enough to start, not for 32 MiB batches
 class DS:
     def __len__(self): return 8
     def __getitem__(self, i): return np.zeros(8 << 20, np.uint8)
@@ -420,7 +420,7 @@ report(total=total)
 
 def test_blas_threads_capped_in_workers_and_overridable():
     body = """
-from workers.threads import blas_threads
+from loader.workers.threads import blas_threads
 class DS:
     def __len__(self): return 2
     def __getitem__(self, i): return blas_threads() or 0

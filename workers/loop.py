@@ -31,14 +31,14 @@ from typing import Any, Callable
 
 import zmq
 
-from ipc import codec
-from ipc.arena import SlotWriter
-from ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc import codec
+from loader.ipc.arena import SlotWriter
+from loader.ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
-from workers.fetch import make_fetcher
-from workers.seeding import seed_worker
-from workers.threads import limit_threads
+from loader.workers.fetch import make_fetcher
+from loader.workers.seeding import seed_worker
+from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
 

@@ -32,15 +32,15 @@ from typing import Any
 
 import zmq
 
-from ipc.arena import Arena
-from ipc.capacity import check_before_start
-from ipc.codec import LAYOUT, decode
-from ipc.messages import Release, Result, Stop, Task, pack, unpack
+from loader.ipc.arena import Arena
+from loader.ipc.capacity import check_before_start
+from loader.ipc.codec import LAYOUT, decode
+from loader.ipc.messages import Release, Result, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
-from workers.loop import WorkerSpec, worker_main
-from workers.pickling import check_picklable
-from workers.seeding import warm_before_fork
-from workers.threads import scan_before_fork
+from loader.workers.loop import WorkerSpec, worker_main
+from loader.workers.pickling import check_picklable
+from loader.workers.seeding import warm_before_fork
+from loader.workers.threads import scan_before_fork
 
 __all__ = ["WorkerPool"]
 
