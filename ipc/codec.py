@@ -2,12 +2,12 @@
 
 Worker side, :func:`encode` (the slot is the current one of ``SlotWriter``):
 
-- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts and numpy arrays of
-  plain dtypes, with str / bytes / int / float / bool / None leaves, which is what
-  ``default_collate`` returns, becomes a tree of plain tuples whose array leaves are
-  (dtype, shape, offset, strides) in the slot; it rides inside the Result message itself. Arrays ``default_collate`` wrote into the
-  slot are described where they are; arrays elsewhere (a custom ``collate_fn``) are
-  copied in once.
+- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts, numpy arrays of
+  plain dtypes and plain CPU torch tensors, with str / bytes / int / float / bool / None
+  leaves, which is what ``default_collate`` returns, becomes a tree of plain tuples whose
+  array leaves are (dtype, shape, offset, strides) in the slot; it rides inside the
+  Result message itself. Arrays ``default_collate`` wrote into the slot are described
+  where they are; arrays elsewhere (a custom ``collate_fn``) are copied in once.
 - **Pickle** (``PICKLE``): anything else goes through pickle protocol 5; out-of-band
   buffers of 64 KiB and more land in the slot, smaller ones travel in-band. Torch tensors
   are pickled as their numpy view and rebuilt with ``torch.from_numpy``.
@@ -32,7 +32,7 @@ __all__ = ["INBAND", "LAYOUT", "PICKLE", "decode", "encode", "tensor_from_numpy"
 LAYOUT, PICKLE, INBAND = 0, 1, 2  # how a Result's payload is encoded
 
 # layout node tags
-_ARRAY, _LIST, _TUPLE, _DICT, _VALUE = range(5)
+_ARRAY, _LIST, _TUPLE, _DICT, _VALUE, _TENSOR = range(6)
 _PLAIN_KINDS = frozenset("biufc")  # dtype kinds a layout may describe (no object/str/void)
 _VALUE_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
 
@@ -58,6 +58,15 @@ def _layout(obj: Any, writer: SlotWriter) -> tuple:
             raise _NotPlain
         offset, strides = writer.locate(obj)
         return (_ARRAY, dtype.str, obj.shape, offset, strides)
+    if t is _torch_tensor_type():
+        if obj.device.type != "cpu" or obj.requires_grad or obj.layout is not _strided():
+            raise _NotPlain
+        try:
+            view = obj.numpy()  # shares the tensor's storage: found in the slot by address
+        except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), conjugate views...
+            raise _NotPlain from None
+        offset, strides = writer.locate(view)
+        return (_TENSOR, view.dtype.str, view.shape, offset, strides)
     if t is list:
         return (_LIST, [_layout(x, writer) for x in obj])
     if t is tuple:
@@ -70,6 +79,15 @@ def _layout(obj: Any, writer: SlotWriter) -> tuple:
     if t in _VALUE_TYPES:
         return (_VALUE, obj)
     raise _NotPlain
+
+
+def _torch_tensor_type() -> Any:
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def _strided() -> Any:
+    return sys.modules["torch"].strided
 
 
 class _TensorPickler(pickle.Pickler):
@@ -129,13 +147,25 @@ def encode(batch: Any, writer: SlotWriter) -> tuple[int, Any, tuple]:
 # ---------------------------------------------------------------------------- main
 
 
+_DTYPES: dict[str, np.dtype] = {}  # dtype strings seen, parsed once
+
+
+def _array(node: tuple, lease: Lease | None) -> np.ndarray:
+    _, code, shape, offset, strides = node
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        dtype = _DTYPES[code] = np.dtype(code)
+    if lease is None:  # the batch wrote nothing into its slot: only empty arrays
+        return np.empty(shape, dtype)
+    return np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
+
+
 def _rebuild(node: tuple, lease: Lease) -> Any:
     tag = node[0]
     if tag == _ARRAY:
-        _, dtype, shape, offset, strides = node
-        if lease is None:  # the batch wrote nothing into its slot: only empty arrays
-            return np.empty(shape, dtype)
-        return np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
+        return _array(node, lease)
+    if tag == _TENSOR:
+        return tensor_from_numpy(_array(node, lease))
     if tag == _LIST:
         return [_rebuild(x, lease) for x in node[1]]
     if tag == _TUPLE:

@@ -25,6 +25,7 @@ from typing import Any
 from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
 from loader.ipc.messages import Failure, IterEnd, Result
 from loader.iterators import BaseIter
+from loader.workers import freeze
 from loader.workers.backend import WorkerBackend, make_backend
 
 __all__ = ["MultiProcessIter"]
@@ -46,7 +47,15 @@ class _Pending:
 class MultiProcessIter(BaseIter):
     """``num_workers > 0``: batches fetched and collated by worker processes."""
 
+    def __new__(cls, loader: Any) -> "MultiProcessIter":
+        if loader._worker_context().get_start_method() == "fork":
+            freeze.snapshot()  # before this iterator exists: see workers/freeze.py
+        return super().__new__(cls)
+
     def __init__(self, loader: Any) -> None:
+        context = loader._worker_context()
+        if context.get_start_method() == "fork":
+            freeze.hold(self)
         super().__init__(loader)
         assert loader.prefetch_factor > 0, "prefetch_factor must be positive with workers"
         self._prefetch_factor = loader.prefetch_factor
@@ -151,8 +160,9 @@ class MultiProcessIter(BaseIter):
         timeout = self._timeout if self._timeout > 0 else None
         pool = self._pool
         blocked = pool.blocked_s
+        info = self._task_info.get(self._rcvd_idx)  # the batch due next: its worker first
         try:
-            message, batch = self._pool.receive(timeout)
+            message, batch = pool.receive(timeout, None if info is None else info.worker_id)
             if type(message) is Result:
                 self._recorder.worker_result(message.worker_id, message.timing)
             return message, batch
@@ -178,6 +188,13 @@ class MultiProcessIter(BaseIter):
         if stacks:
             text += f" Its stacks right now:\n{stacks}"
         return text
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except BaseException:  # the epoch ended, or a traceback may hold frozen frames
+            freeze.release(self)
+            raise
 
     def _next_data(self) -> Any:
         if self._pool is None:
@@ -233,9 +250,9 @@ class MultiProcessIter(BaseIter):
             self._workers_status[worker_id] = False
             self._pool.retire(worker_id)
         self._try_put_index()
-        if self._autotune is not None and not self._autotune.settled:
-            self._autotune.observe(self)
-            self._recorder.autotune = self._autotune.report(self._active_workers())
+        autotune = self._autotune
+        if autotune is not None and not autotune.settled:
+            autotune.observe(self)
         if type(data) is Failure:
             raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
                                     data.indices, data.text)
@@ -299,6 +316,7 @@ class MultiProcessIter(BaseIter):
         if pool is not None:
             pool.shutdown()
             self._started_processes = pool.exited
+        freeze.release(self)
 
     def close(self) -> None:
         """Stop the workers now; the iterator is finished afterwards."""

@@ -68,6 +68,9 @@ class AutoTuner:
                        if not resizable else "measuring")
         self.start = self.current = start
         self._window: tuple | None = None
+        self._opened = 0.0  # when the current window began
+        self._seen = 0  # batches since the window opened (or since a mark was last due)
+        self._due = 0  # batches the current window needs before its time is checked
         self._skip = 0  # batches to let pass before measuring (new workers warming up)
         self._previous: tuple[int, float] | None = None
 
@@ -80,33 +83,35 @@ class AutoTuner:
         self.settled, self.reason = True, reason
 
     def observe(self, it: Any) -> None:
-        """Called after each batch handed out by a multi-process iterator."""
+        """Called after each batch handed out by a multi-process iterator. Between window
+        checks it only counts; the readings (``/proc``, psutil) happen at checks."""
         if self.settled:
             return
         if self._skip > 0:
             self._skip -= 1
             return
-        epoch = it._recorder.total  # cumulative: windows may span an epoch boundary
+        self._seen += 1
+        if self._seen < self._due:
+            return
         n = it._active_workers()
         now = perf_counter()
-        mark = (now, epoch.batches, epoch.samples, epoch.wait_s, epoch.main_s,
-                epoch.consumer_s, sum(w.busy_s for w in epoch.workers),
-                sum(w.cpu_s for w in epoch.workers), sum(w.batches for w in epoch.workers),
-                it._tree_cpu_s(), run_queue_s(it._pool.started_pids))
         if self._window is None:
-            if any(w.batches == 0 for w in epoch.workers[:n]):
+            recorder = it._recorder
+            if any(recorder._latest[k][0] == 0 for k in range(min(n, len(recorder._latest)))):
                 return  # workers still starting: forks would pass for a saturated CPU
-            self._window = mark
+            self._window = self._mark(it, now)
+            first = self._previous is None and not self.history
+            self._seen, self._due = 0, max(4, n) if first else max(8, 2 * n)
+            self._opened = now
             return
-        t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0, queued0 = self._window
-        batches = mark[1] - b0
         first = self._previous is None and not self.history
-        if first:
-            if batches < max(4, n) or now - t0 < _FIRST_WINDOW_S:
-                return
-        elif batches < max(8, 2 * n) or now - t0 < _WINDOW_S:
+        if now - self._opened < (_FIRST_WINDOW_S if first else _WINDOW_S):
             return
+        mark = self._mark(it, now)
+        t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0, queued0 = self._window
         self._window = None
+        self._seen, self._due = 0, 0
+        batches = mark[1] - b0
         rate = (mark[2] - s0) / (now - t0)
         self.history.append((n, rate))
         produced = max(1, mark[8] - wb0)
@@ -117,6 +122,12 @@ class AutoTuner:
         io = max(0.0, busy - cpu - queued)  # waiting on something other than a CPU
         used = (mark[9] - tree0) / (now - t0) / self.cores  # share of the cores in use
         self._decide(it, n, rate, wait, main, consumer, busy, cpu, io, used)
+        it._recorder.autotune = self.report(it._active_workers())
+
+    @staticmethod
+    def _mark(it: Any, now: float) -> tuple:
+        return (now, *it._recorder.totals(), it._tree_cpu_s(),
+                run_queue_s(it._pool.started_pids))
 
     def _decide(self, it: Any, n: int, rate: float, wait: float, main: float,
                 consumer: float, busy: float, cpu: float, io: float, used: float) -> None:

@@ -6,7 +6,10 @@
 ```
 
 - A :class:`Recorder` belongs to a DataLoader and lives across its iterators, so it has
-  the current epoch and the cumulative figures. Iterators feed it a few floats per batch.
+  the current epoch and the cumulative figures. Per batch it adds a few floats for the
+  current epoch only (earlier epochs are folded in when an epoch starts) and keeps the
+  latest running totals each worker sends with its results (one store, no additions);
+  everything else is worked out when someone asks (:meth:`Recorder.snapshot`).
 - :meth:`Recorder.snapshot` returns :class:`LoaderStats`: batches and samples delivered,
   the main process's time waiting for data, its own overhead, the consumer's time between
   ``next()`` calls, per-worker busy time split into fetch / collate / encode (transfer),
@@ -42,15 +45,6 @@ class WorkerStats:
     @property
     def busy_s(self) -> float:
         return self.fetch_s + self.collate_s + self.encode_s
-
-    def add(self, samples: int, fetch_s: float, collate_s: float, encode_s: float,
-            cpu_s: float) -> None:
-        self.batches += 1
-        self.samples += samples
-        self.fetch_s += fetch_s
-        self.collate_s += collate_s
-        self.encode_s += encode_s
-        self.cpu_s += cpu_s
 
 
 @dataclass
@@ -137,12 +131,22 @@ class LoaderStats:
         return self.summary
 
 
+_WORKER_FIELDS = ("batches", "samples", "fetch_s", "collate_s", "encode_s", "cpu_s")
+_ZERO = (0, 0, 0.0, 0.0, 0.0, 0.0)
+_MAIN_FIELDS = ("batches", "first_batch_s", "wait_s", "main_s", "consumer_s", "depth_sum",
+                "buffered_sum")
+
+
 class Recorder:
-    """Collects the figures; every method is cheap enough to call once per batch."""
+    """Collects the figures; every per-batch method is a handful of additions."""
 
     def __init__(self) -> None:
         self.epoch = EpochStats()
-        self.total = EpochStats()
+        self._closed = EpochStats()  # the main-side figures of the epochs before this one
+        self._main_samples = [0, 0]  # samples fetched in the main process: epoch, before
+        self._latest: list[tuple] = []  # per worker: its running totals, as last received
+        self._carry: list[tuple] = []  # per worker id: totals of processes it had before
+        self._base: list[tuple] = []  # per worker: carry + latest when this epoch began
         self._started: float | None = None
         self._total_started: float | None = None
         self._left_next: float | None = None
@@ -150,18 +154,26 @@ class Recorder:
         self.autotune: dict[str, Any] | None = None
 
     def start_epoch(self, num_workers: int, pids: list) -> None:
-        self.epoch = EpochStats(workers=[WorkerStats() for _ in range(num_workers)])
-        while len(self.total.workers) < num_workers:
-            self.total.workers.append(WorkerStats())
+        closed, epoch = self._closed, self.epoch
+        for name in _MAIN_FIELDS:
+            setattr(closed, name, getattr(closed, name) + getattr(epoch, name))
+        self._main_samples = [0, self._main_samples[0] + self._main_samples[1]]
+        self.epoch = EpochStats()
+        self._grow(num_workers)
+        self._base = [self._running(k) for k in range(len(self._latest))]
         self.pids = pids  # the pool's own list: workers started later show up in it
         self._started = None
         self._left_next = None
 
+    def _grow(self, num_workers: int) -> None:
+        while len(self._latest) < num_workers:
+            self._latest.append(_ZERO)
+            self._carry.append(_ZERO)
+            self._base.append(_ZERO)
+
     def resize(self, num_workers: int, pids: list) -> None:
         """The pool started, grew or shrank (num_workers="auto"): new pids."""
-        for period in (self.epoch, self.total):
-            while len(period.workers) < num_workers:
-                period.workers.append(WorkerStats())
+        self._grow(num_workers)
         self.pids = pids
 
     def entered(self) -> float:
@@ -171,40 +183,64 @@ class Recorder:
             if self._total_started is None:
                 self._total_started = now
         elif self._left_next is not None:
-            gap = now - self._left_next
-            self.epoch.consumer_s += gap
-            self.total.consumer_s += gap
+            self.epoch.consumer_s += now - self._left_next
         return now
 
     def left(self, entered: float, waited: float, depth: int, buffered: int) -> None:
         now = perf_counter()
         self._left_next = now
-        main = now - entered - waited
-        first = self.epoch.batches == 0
-        for period in (self.epoch, self.total):
-            period.batches += 1
-            if first:
-                period.first_batch_s += now - entered
-                continue
-            period.wait_s += waited
-            period.main_s += main
-            period.depth_sum += depth
-            period.buffered_sum += buffered
+        epoch = self.epoch
+        epoch.batches += 1
+        if epoch.batches == 1:  # the first next(): start-up, counted apart
+            epoch.first_batch_s += now - entered
+            return
+        epoch.wait_s += waited
+        epoch.main_s += now - entered - waited
+        epoch.depth_sum += depth
+        epoch.buffered_sum += buffered
 
     def worker_result(self, worker_id: int, timing: tuple) -> None:
-        self.epoch.workers[worker_id].add(*timing)
-        self.total.workers[worker_id].add(*timing)
-        self.epoch.samples += timing[0]
-        self.total.samples += timing[0]
+        """``timing``: the worker's running totals (messages.Result.timing)."""
+        latest = self._latest
+        if timing[0] < latest[worker_id][0]:  # a new process under this id: it counts anew
+            self._carry[worker_id] = _add(self._carry[worker_id], latest[worker_id])
+        latest[worker_id] = timing
 
     def main_fetch(self, samples: int) -> None:
         """num_workers=0: the main process fetched and collated ``samples``."""
-        self.epoch.samples += samples
-        self.total.samples += samples
+        self._main_samples[0] += samples
+
+    def _running(self, k: int) -> tuple:
+        return _add(self._carry[k], self._latest[k])
+
+    def totals(self) -> tuple:
+        """(batches, samples, wait_s, main_s, consumer_s, worker busy_s, worker cpu_s,
+        worker batches) since the loader started: what the autotuner's windows compare."""
+        workers = [self._running(k) for k in range(len(self._latest))]
+        busy = sum(w[2] + w[3] + w[4] for w in workers)
+        closed, epoch = self._closed, self.epoch
+        return (closed.batches + epoch.batches,
+                sum(self._main_samples) + sum(w[1] for w in workers),
+                closed.wait_s + epoch.wait_s, closed.main_s + epoch.main_s,
+                closed.consumer_s + epoch.consumer_s, busy, sum(w[5] for w in workers),
+                sum(w[0] for w in workers))
+
+    def _periods(self) -> tuple[EpochStats, EpochStats]:
+        epoch = EpochStats(**{name: getattr(self.epoch, name) for name in _MAIN_FIELDS})
+        total = EpochStats(**{name: getattr(self._closed, name) + getattr(self.epoch, name)
+                              for name in _MAIN_FIELDS})
+        for k in range(len(self._latest)):
+            now = self._running(k)
+            base = self._base[k] if k < len(self._base) else _ZERO
+            epoch.workers.append(WorkerStats(**dict(zip(_WORKER_FIELDS, _sub(now, base)))))
+            total.workers.append(WorkerStats(**dict(zip(_WORKER_FIELDS, now))))
+        epoch.samples = self._main_samples[0] + sum(w.samples for w in epoch.workers)
+        total.samples = sum(self._main_samples) + sum(w.samples for w in total.workers)
+        return epoch, total
 
     def snapshot(self, num_workers: int) -> LoaderStats:
         now = perf_counter()
-        epoch, total = _copy(self.epoch), _copy(self.total)
+        epoch, total = self._periods()
         if self._started is not None:
             epoch.elapsed_s = now - self._started
             total.elapsed_s = now - self._total_started
@@ -215,9 +251,12 @@ class Recorder:
                            dict(self.autotune) if self.autotune else None)
 
 
-def _copy(period: EpochStats) -> EpochStats:
-    workers = [WorkerStats(**vars(w)) for w in period.workers]
-    return EpochStats(**{**vars(period), "workers": workers})
+def _add(a: tuple, b: tuple) -> tuple:
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def _sub(a: tuple, b: tuple) -> tuple:
+    return tuple(x - y for x, y in zip(a, b))
 
 
 def _live(period: EpochStats, pids: list) -> None:

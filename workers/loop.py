@@ -1,16 +1,21 @@
 """The worker process: receive a task, fetch, collate into a slot, publish, repeat.
 
 ```
- main ──Task/Release/Resume/Stop──▶ PULL (bound at ipc://@<run>-task-k)
-                                     │ fetch + collate (workers/fetch.py) into a free slot
- main ◀──Result/Failure/IterEnd───── PUSH (connects to ipc://@<run>-results)
+ main ──Task/Resume/Stop──▶ task ring (ipc/channel.py) + this worker's doorbell
+                             │ fetch + collate (workers/fetch.py) into a free slot
+ main ◀──Result/Failure/IterEnd── result ring + the pool's results doorbell
+          (a record too big for its ring goes by zmq, its place kept by a SPILL record)
 ```
 
-- The parent: binds the results socket, connects to each worker's task socket (so tasks
-  queue before the worker is up), creates the slots, and watches every worker's sentinel.
-- The worker: one task at a time, in arrival order; messages waiting behind the current
-  task are read first, so releases return slots early and a ``Resume`` drops stale tasks.
-  User code that raises becomes a ``Failure``; a replica that ends becomes ``IterEnd``.
+- The parent: creates the channel, the doorbells and the slots, binds the spill socket,
+  connects to each worker's spill socket, and watches every worker's sentinel.
+- The worker: one task at a time, in arrival order; records waiting behind the current
+  task are read first, so a ``Resume`` drops stale tasks. A slot is free when the main
+  process has stored its release (``released[slot]`` equals what was published in it);
+  with none free, the batch travels in-band. User code that raises becomes a
+  ``Failure``; a replica that ends becomes ``IterEnd``.
+- Per batch the worker pays one task record read, one result record write and one
+  doorbell ``write``; it sleeps in ``poll`` only when its task ring is empty.
 - Shutdown: ``Stop`` ends the loop; so does the death of the main process (a pidfd in the
   same poll, or a parent-pid check where pidfds are missing). The worker leaves with
   ``os._exit`` so nothing inherited from the parent runs at exit.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import pickle
+import select
 import signal
 import sys
 import traceback
@@ -33,7 +39,8 @@ import zmq
 
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
-from loader.ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell, open_pipe_end
+from loader.ipc.messages import Failure, IterEnd, Result, Resume, Stop, Task, pack, unpack
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from loader.workers.fetch import make_fetcher
@@ -63,6 +70,9 @@ class WorkerSpec:
     result_address: str
     main_pid: int
     slot_fds: list
+    channel_fd: int  # the control block: rings and slot releases (ipc/channel.py)
+    task_bell_fd: int  # read end of this worker's doorbell
+    results_bell_fd: int  # write end of the pool's results doorbell
     fds_inherited: bool
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
@@ -112,7 +122,16 @@ def _parent_watch(main_pid: int) -> int | None:
 class _Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.ctx = zmq.Context(io_threads=1)
+        inherited, main = spec.fds_inherited, spec.main_pid
+        channel_fd = spec.channel_fd if inherited else \
+            os.open(f"/proc/{main}/fd/{spec.channel_fd}", os.O_RDWR | os.O_CLOEXEC)
+        self.channel = Channel(channel_fd, len(spec.slot_fds), main=False)
+        self.task_ring, self.result_ring = self.channel.tasks, self.channel.results
+        self.bell = Doorbell(open_pipe_end(main, spec.task_bell_fd, inherited, os.O_RDONLY), -1)
+        self.results_bell = Doorbell(
+            -1, open_pipe_end(main, spec.results_bell_fd, inherited, os.O_WRONLY),
+            writer_id=spec.worker_id)
+        self.ctx = zmq.Context(io_threads=1)  # the spill path only: records too big to ring
         self.tasks = self.ctx.socket(zmq.PULL)
         self.tasks.setsockopt(zmq.RCVHWM, 0)
         self.tasks.bind(spec.task_address)
@@ -120,65 +139,92 @@ class _Worker:
         self.out.setsockopt(zmq.SNDHWM, 0)
         self.out.setsockopt(zmq.LINGER, -1)
         self.out.connect(spec.result_address)
-        self.writer = SlotWriter.open(spec.main_pid, spec.slot_fds, spec.fds_inherited)
-        self.free = set(range(self.writer.num_slots))
+        self.writer = SlotWriter.open(main, spec.slot_fds, inherited)
+        self.published = [0] * self.writer.num_slots  # results sent in each slot
         self.pending: deque = deque()
-        self.parent_fd = _parent_watch(spec.main_pid)
-        self.poller = zmq.Poller()
-        self.poller.register(self.tasks, zmq.POLLIN)
+        self.parent_fd = _parent_watch(main)
+        self.poller = select.poll()
+        self.poller.register(self.bell.read_fd, select.POLLIN)
         if self.parent_fd is not None:
-            self.poller.register(self.parent_fd, zmq.POLLIN)
+            self.poller.register(self.parent_fd, select.POLLIN)
+        self.totals = [0, 0, 0.0, 0.0, 0.0, 0.0]  # batches, samples, fetch, collate, encode, cpu
         self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True)
+        self.cpu0 = thread_time()  # CPU before the first task (start-up is not per batch)
 
-    def send(self, msg: Any, payload: bytes | None = None) -> None:
-        head = pack(msg)
-        if payload is None:
-            self.out.send(head)
-        else:
-            self.out.send_multipart((head, payload), copy=len(payload) < 65536)
+    def send(self, msg: Any) -> None:
+        """One record in the result ring, or the spill path when it does not fit."""
+        record = pack(msg)
+        ring = self.result_ring
+        if not ring.write(record):
+            self.out.send(record)
+            if not ring.write(b"", SPILL):
+                raise RuntimeError("the result ring is full of spill markers")
+        self.results_bell.ring()
 
-    def parent_alive(self, events: dict) -> bool:
+    def parent_alive(self, ready: set) -> bool:
         if self.parent_fd is not None:
-            return self.parent_fd not in events
+            return self.parent_fd not in ready
         return os.getppid() != 1 and _pid_exists(self.spec.main_pid)
+
+    def wait_for_tasks(self) -> bool:
+        """Sleep until the task ring has a record; False when the main process is gone."""
+        ring, bell = self.task_ring, self.bell
+        while True:
+            rung = bell.drain()  # before the check: a ring after it wakes the poll
+            if not STRONG_ORDER:
+                ring.credits += len(Doorbell.ids(rung))
+            if ring.ready() and (STRONG_ORDER or ring.credits > 0):
+                return True
+            ready = {fd for fd, _ in self.poller.poll(_PARENT_CHECK_MS)}
+            if not self.parent_alive(ready):
+                return False
+
+    def spilled(self) -> Any:
+        """The next message the main process sent by the spill path (it is on its way)."""
+        while not self.tasks.poll(_PARENT_CHECK_MS, zmq.POLLIN):
+            if not self.parent_alive(set()):
+                return Stop()
+        return unpack(self.tasks.recv())
 
     def read_messages(self, block: bool) -> bool:
         """Take in what is waiting (waiting first if ``block``); False when told to stop."""
-        if block:
-            while True:
-                events = dict(self.poller.poll(_PARENT_CHECK_MS))
-                if not self.parent_alive(events):
-                    return False
-                if self.tasks in events:
-                    break
-        tasks = self.tasks
-        while tasks.get(zmq.EVENTS) & zmq.POLLIN:
-            msg = unpack(tasks.recv())
+        if block and not self.wait_for_tasks():
+            return False
+        ring = self.task_ring
+        while True:
+            record = ring.read()
+            if record is None:
+                return True
+            tag, payload = record
+            msg = unpack(payload) if tag == MSG else self.spilled()
             kind = type(msg)
             if kind is Task:
                 self.pending.append(msg)
-                if msg.released:
-                    self.free.update(msg.released)
-            elif kind is Release:
-                self.free.update(msg.slots)
             elif kind is Resume:
                 self.pending.clear()  # tasks of an abandoned epoch
                 self.pending.append(msg)
             elif kind is Stop:
                 return False
-        return True
 
     def run(self) -> None:
         while True:
             if not self.read_messages(block=not self.pending):
                 return
             if not self.pending:
-                continue  # only releases arrived
+                continue
             item = self.pending.popleft()
             if type(item) is Resume:
                 self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
             else:
                 self.serve(item)
+
+    def free_slot(self) -> int:
+        """The lowest slot the main process has released (cache-hot first), or -1."""
+        channel, published = self.channel, self.published
+        for slot in range(len(published)):
+            if channel.released(slot) == published[slot]:
+                return slot
+        return -1
 
     def serve(self, task: Task) -> None:
         """Answer ``task``: every task gets exactly one reply, unless it is stale or this
@@ -194,11 +240,10 @@ class _Worker:
             state.ended = True
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
-        slot = self.free.pop() if self.free else -1
+        slot = self.free_slot()
         writer = self.writer
         writer.begin(slot)
         previous = collate.use_allocator(writer.alloc)
-        cpu0 = thread_time()
         try:
             batch = state.fetcher.fetch(task.indices)
             t0 = perf_counter()
@@ -206,7 +251,7 @@ class _Worker:
             encode_s = perf_counter() - t0
             del batch
         except StopIteration as exc:
-            self.release_unused(slot)
+            writer.end()
             if not self.spec.iterable:  # a map dataset raised it: an error, as in torch
                 self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
                 return
@@ -214,28 +259,27 @@ class _Worker:
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
         except Exception as exc:
-            self.release_unused(slot)
+            writer.end()
             self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
             return
         finally:
             collate.use_allocator(previous)
         size = writer.end()
+        gen = 0
         if kind == codec.INBAND or size == 0:
-            self.release_unused(slot)
             slot, size = -1, 0
-        fetcher = state.fetcher
-        timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
-        if kind == codec.LAYOUT:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
-                             payload))
         else:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing),
-                      payload)
-
-    def release_unused(self, slot: int) -> None:
-        self.writer.end()
-        if slot >= 0:
-            self.free.add(slot)
+            self.published[slot] += 1
+            gen = self.published[slot]
+        fetcher, totals = state.fetcher, self.totals
+        totals[0] += 1
+        totals[1] += fetcher.count
+        totals[2] += fetcher.fetch_s
+        totals[3] += fetcher.collate_s
+        totals[4] += encode_s
+        totals[5] = thread_time() - self.cpu0  # the whole loop's, read once per batch
+        self.send(Result(task.epoch, task.batch_id, wid, slot, size, gen, kind, spans,
+                         tuple(totals), payload))
 
     def close(self) -> None:
         self.out.close(linger=1000)

@@ -1,27 +1,32 @@
 """The local engine (``workers/backend.py``'s WorkerBackend): worker processes on this
-machine, their memfd slots and pyzmq sockets; start, talk, notice death, shut down.
+machine, their memfd slots and control channels; start, talk, notice death, shut down.
 
 ```
  WorkerPool ──start──▶ N processes (multiprocess: fork / spawn / forkserver)
-   PUSH (connect) ─────▶ ipc://@<run>-task-k      one per worker
-   PULL (bind)    ◀───── ipc://@<run>-results     shared by all workers
-   poller: the PULL socket + every worker's process sentinel
-   arenas: one per worker (ipc/arena.py), leases feed ``released``
+   per worker k: Channel (ipc/channel.py): task ring ─▶ k, result ring ◀─ k,
+                 released[slot] counters; a task doorbell (pipe) that wakes k
+   one results doorbell (pipe) that every worker rings after publishing
+   spill path (records too big for a ring): PUSH ─▶ ipc://@<run>-task-k,
+                 PULL ◀─ ipc://@<run>-results
+   poller: the results doorbell, the spill socket and every worker's sentinel
+   arenas: one per worker (ipc/arena.py); a lease stores its release in the channel
 ```
 
-- The parent: :meth:`submit` queues a task for worker k; :meth:`receive` returns the next
-  decoded message, flushing slot releases first and waking at once if a worker dies.
+- The parent: :meth:`submit` writes a task record into worker k's ring and rings k;
+  :meth:`receive` reads the next record from any ring (the one asked for first), with no
+  system call while records are waiting; it sleeps in one ``poll`` only when every ring
+  is empty, and wakes at once when a worker rings or dies.
 - The worker: ``workers/loop.py``.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
-  timeout, SIGKILL survivors, close sockets and slots). Iterator exhaustion, ``close()``,
-  garbage collection, errors and interpreter exit all end here. Sockets live in Linux's
-  abstract namespace and slots are memfds, so nothing is left on disk even after kill -9.
+  timeout, SIGKILL survivors, close sockets, pipes and slots). Iterator exhaustion,
+  ``close()``, garbage collection, errors and interpreter exit all end here. Sockets live
+  in Linux's abstract namespace and slots, channels and pipes are anonymous, so nothing
+  is left on disk even after kill -9.
 """
 
 from __future__ import annotations
 
 import atexit
-import gc
 import os
 import signal
 import time
@@ -35,8 +40,9 @@ import zmq
 
 from loader.ipc.arena import Arena
 from loader.ipc.capacity import check_before_start
-from loader.ipc.codec import LAYOUT, decode
-from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell
+from loader.ipc.codec import decode
+from loader.ipc.messages import Result, Resume, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
@@ -53,7 +59,7 @@ _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole
 _DUMP_WAIT_S = 1.0  # how long a stack dump from a stuck worker is waited for
 _POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
-_ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in forked children
+_ALL_SLOT_FDS: set[int] = set()  # every shared fd of this process, closed in forked children
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class ExitedWorker:
 
 
 class WorkerPool:
-    """``num_workers`` worker processes, their sockets and their shared-memory arenas."""
+    """``num_workers`` worker processes, their channels and their shared-memory arenas."""
 
     def __init__(self, *, num_workers: int, context: Any, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
@@ -77,8 +83,6 @@ class WorkerPool:
                  thread_limit: int | None) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
-        self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
-        self._held: list[list[int]] = []  # per worker: releases not yet sent
         self._closed = False
         self._processes: list = []
         self._pids: list[int | None] = []
@@ -86,15 +90,22 @@ class WorkerPool:
         self._retired: set[int] = set()  # workers told to stop on purpose ("auto" shrinking)
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
+        self._channels: list[Channel] = []
+        self._bells: list[Doorbell] = []  # per worker: wakes it when a task is posted
+        self._spilled: list[deque] = []  # per worker: spill-path messages not yet due
         self._dump_fds: list[int] = []
         self._tasks: list[zmq.Socket] = []
+        self._next = 0  # where the next scan of the rings starts (fairness)
         self._run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
         self._results.setsockopt(zmq.RCVHWM, 0)
         self._results.setsockopt(zmq.LINGER, 0)
         self._results.bind(f"{self._run}-results")
+        self._results_bell = Doorbell.create()
+        _ALL_SLOT_FDS.update(self._results_bell.fds)
         self._poller = zmq.Poller()
         self._poller.register(self._results, zmq.POLLIN)
+        self._poller.register(self._results_bell.read_fd, zmq.POLLIN)
         self._context = context
         self._inherited = context.get_start_method() == "fork"
         self._slots = slots_per_worker
@@ -118,30 +129,35 @@ class WorkerPool:
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
         """Prepare ``count`` more workers (ids continue from the current count): their
-        slots and task sockets exist at once, so tasks can be queued for them before
+        slots, channels and sockets exist at once, so tasks can be queued for them before
         :meth:`start` forks them, and the first worker starts on its first batch while
         the next ones are still being forked."""
         ids = list(range(self.num_workers, self.num_workers + count))
         total = self.num_workers + count
         for k in ids:
-            arena = Arena(k, self._slots, self.released)
+            channel = Channel.create(k, self._slots)
+            arena = Arena(k, self._slots, channel.words, channel.release_index)
+            bell = Doorbell.create()
             dump_fd = os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
+            self._channels.append(channel)
             self._arenas.append(arena)
+            self._bells.append(bell)
+            self._spilled.append(deque())
             self._dump_fds.append(dump_fd)
-            _ALL_SLOT_FDS.update(arena.fds)
-            _ALL_SLOT_FDS.add(dump_fd)
+            own = set(arena.fds) | {dump_fd, channel.fd, *bell.fds, *self._results_bell.fds}
+            _ALL_SLOT_FDS.update(own)
             sock = self._zmq.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
             sock.connect(f"{self._run}-task-{k}")
             self._tasks.append(sock)
-            self._held.append([])
-            own = set(arena.fds) | {dump_fd}
             spec = WorkerSpec(
                 worker_id=k, num_workers=total, base_seed=base_seed, epoch=epoch,
                 task_address=f"{self._run}-task-{k}", result_address=f"{self._run}-results",
-                main_pid=os.getpid(), slot_fds=list(arena.fds), fds_inherited=self._inherited,
+                main_pid=os.getpid(), slot_fds=list(arena.fds), channel_fd=channel.fd,
+                task_bell_fd=bell.read_fd, results_bell_fd=self._results_bell.write_fd,
+                fds_inherited=self._inherited,
                 close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
                 dump_fd=dump_fd, **self._spec)
             process = self._context.Process(target=worker_main, args=(spec,), daemon=True,
@@ -162,16 +178,7 @@ class WorkerPool:
                 if count <= 0:
                     return
                 count -= 1
-            if self._inherited:
-                # the parent's objects go to gc's permanent generation for the fork, so the
-                # child's collections never walk (and copy-on-write) them; O(1) both ways
-                gc.freeze()
-                try:
-                    process.start()
-                finally:
-                    gc.unfreeze()
-            else:
-                process.start()
+            process.start()  # fork: the parent's older objects are frozen (workers/freeze.py)
             self._pids[k] = process.pid
             self._poller.register(process.sentinel, zmq.POLLIN)
 
@@ -180,9 +187,9 @@ class WorkerPool:
         self._retired.add(worker_id)
         process = self._processes[worker_id]
         self._poller.unregister(process.sentinel)
-        self._send(worker_id, Stop())
+        self._post(worker_id, Stop())
 
-    # ------------------------------------------------------------------ messages
+    # ------------------------------------------------------------------ introspection
 
     @property
     def pids(self) -> list[int]:
@@ -208,52 +215,48 @@ class WorkerPool:
         self.start(1)
         return True
 
-    def _send(self, worker_id: int, message: Any) -> None:
-        self._tasks[worker_id].send(pack(message))
+    # ------------------------------------------------------------------ main -> worker
+
+    def _post(self, worker_id: int, message: Any) -> None:
+        """``message`` into worker k's task ring (or by the spill path), then ring k."""
+        record = pack(message)
+        ring = self._channels[worker_id].tasks
+        if not ring.write(record):
+            self._tasks[worker_id].send(record)  # copied: zero-copy sends start pyzmq's gc thread
+            if not ring.write(b"", SPILL):
+                raise RuntimeError(f"the task ring of worker {worker_id} is full of spill "
+                                   "markers")
+        self._bells[worker_id].ring()
 
     def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
-        self._send(worker_id, Resume(epoch, base_seed))
+        self._post(worker_id, Resume(epoch, base_seed))
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
-        """Queue a task for ``worker_id``, carrying the slots released to it so far."""
-        self._collect_releases()
-        held = self._held[worker_id]
-        released = tuple(held) if held else ()
-        held.clear()
-        self._tasks[worker_id].send(pack(Task(epoch, batch_id, indices, released)))
+        """Queue a task for ``worker_id``."""
+        self._post(worker_id, Task(epoch, batch_id, indices))
 
-    def _collect_releases(self) -> None:
-        released = self.released
-        while released:
-            worker_id, slot = released.popleft()
-            self._held[worker_id].append(slot)
+    # ------------------------------------------------------------------ worker -> main
 
-    def flush_releases(self) -> None:
-        """Send every held slot release now (before the main process blocks)."""
-        self._collect_releases()
-        for worker_id, held in enumerate(self._held):
-            if held:
-                self._send(worker_id, Release(tuple(held)))
-                held.clear()
-
-    def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
-        """The next (message, batch) from any worker; batch is None except for a Result.
+    def receive(self, timeout_s: float | None, prefer: int | None = None) -> tuple[Any, Any]:
+        """The next (message, batch) from any worker, worker ``prefer``'s first; batch is
+        None except for a Result.
 
         Raises :class:`WorkerError` when a worker has died, and ``TimeoutError`` when
         ``timeout_s`` passes without a message.
         """
-        results = self._results
         deadline = None
         while True:
-            if results.get(zmq.EVENTS) & zmq.POLLIN:
-                message = unpack(results.recv())
-                if type(message) is Result:
-                    payload = message.layout if message.codec == LAYOUT else results.recv()
-                    return message, self._decode(message, payload)
-                return message, None
-            self.flush_releases()
+            got = self._take(prefer)
+            if got is not None:
+                return got
             if self._start_one():
                 continue  # the main process had nothing better to do than fork
+            rung = self._results_bell.drain()  # stale rings out, then one last look
+            if not STRONG_ORDER:
+                self._credit(rung)
+            got = self._take(prefer)
+            if got is not None:
+                return got
             if deadline is None and timeout_s is not None:
                 deadline = time.monotonic() + timeout_s
             wait_ms = _POLL_MS if deadline is None else \
@@ -261,18 +264,76 @@ class WorkerPool:
             blocked = time.perf_counter()
             events = dict(self._poller.poll(wait_ms))
             self.blocked_s += time.perf_counter() - blocked
-            if results in events:
-                continue
-            if events:
-                self._raise_if_dead()
+            if self._results in events:
+                self._pull_spilled()
+            if len(events) > (self._results in events) + \
+                    (self._results_bell.read_fd in events):
+                self._raise_if_dead()  # a sentinel fired
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
 
-    def _decode(self, message: Result, payload: Any) -> Any:
+    def _credit(self, rung: bytes) -> None:
+        for k in Doorbell.ids(rung):
+            if k < len(self._channels):
+                self._channels[k].results.credits += 1
+
+    def _take(self, prefer: int | None) -> tuple[Any, Any] | None:
+        """The next record of the preferred ring, else of any ring; None if all are empty."""
+        channels = self._channels
+        if prefer is not None:
+            got = self._take_from(prefer)
+            if got is not None:
+                return got
+        n = len(channels)
+        start = self._next
+        for i in range(n):
+            k = (start + i) % n
+            if k == prefer:
+                continue
+            got = self._take_from(k)
+            if got is not None:
+                self._next = k + 1
+                return got
+        return None
+
+    def _take_from(self, worker_id: int) -> tuple[Any, Any] | None:
+        record = self._channels[worker_id].results.read()
+        if record is None:
+            return None
+        tag, payload = record
+        message = unpack(payload) if tag == MSG else self._spilled_from(worker_id)
+        if type(message) is Result:
+            return message, self._decode(message)
+        return message, None
+
+    def _pull_spilled(self) -> None:
+        """Move every spill-path message that has arrived to its worker's queue."""
+        results = self._results
+        while results.get(zmq.EVENTS) & zmq.POLLIN:
+            message = unpack(results.recv())
+            self._spilled[message.worker_id].append(message)
+
+    def _spilled_from(self, worker_id: int) -> Any:
+        """Worker k's next spill-path message: its SPILL record says it was sent."""
+        queue = self._spilled[worker_id]
+        while not queue:
+            self._pull_spilled()
+            if queue:
+                break
+            if not self._results.poll(_POLL_MS, zmq.POLLIN):
+                process = self._processes[worker_id]
+                if process.exitcode is not None:
+                    raise WorkerError(describe_exit(worker_id, process.pid, process.exitcode),
+                                      worker_id=worker_id, pid=process.pid,
+                                      exitcode=process.exitcode)
+        return queue.popleft()
+
+    def _decode(self, message: Result) -> Any:
         lease = None
         if message.slot >= 0 and message.slot_size:
-            lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size)
-        return decode(message.codec, payload, lease, message.spans)
+            lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size,
+                                                          message.gen)
+        return decode(message.codec, message.payload, lease, message.spans)
 
     def _raise_if_dead(self) -> None:
         dead = [(k, p) for k, p in enumerate(self._processes)
@@ -280,8 +341,10 @@ class WorkerPool:
                 and p.exitcode is not None]
         if not dead:
             return
+        if any(c.results.ready() for c in self._channels):
+            return  # its last words are already here: deliver them first
         if self._results.poll(_DEATH_GRACE_MS):
-            return  # its last words are still arriving: deliver them first
+            return  # ... or still arriving by the spill path
         k, process = dead[0]
         raise WorkerError(describe_exit(k, process.pid, process.exitcode),
                           worker_id=k, pid=process.pid, exitcode=process.exitcode)
@@ -313,8 +376,8 @@ class WorkerPool:
         for k, process in started:
             if process.exitcode is None and k not in self._retired:
                 try:
-                    self._send(k, Stop())
-                except zmq.ZMQError:
+                    self._post(k, Stop())
+                except (zmq.ZMQError, RuntimeError, OSError):
                     pass
         deadline = time.monotonic() + _JOIN_TIMEOUT_S
         for _, process in started:
@@ -330,6 +393,12 @@ class WorkerPool:
         for arena in self._arenas:
             _ALL_SLOT_FDS.difference_update(arena.fds)
             arena.close()
+        for channel in self._channels:
+            _ALL_SLOT_FDS.discard(channel.fd)
+            channel.close()
+        for bell in [*self._bells, self._results_bell]:
+            _ALL_SLOT_FDS.difference_update(bell.fds)
+            bell.close()
         for fd in self._dump_fds:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
