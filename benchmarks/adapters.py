@@ -113,4 +113,4 @@ def _registry() -> dict[str, Adapter]:
 
 ADAPTERS: dict[str, Adapter] = _registry()
 # ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy
-DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl")
+DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl", "spdl-threads")

@@ -31,8 +31,9 @@ __all__ = ["INBAND", "LAYOUT", "PICKLE", "decode", "encode", "tensor_from_numpy"
 
 LAYOUT, PICKLE, INBAND = 0, 1, 2  # how a Result's payload is encoded
 
-# layout node tags
-_ARRAY, _LIST, _TUPLE, _DICT, _VALUE, _TENSOR = range(6)
+# layout node tags; a node is a tuple (tag, ...), and any other leaf is a plain value
+_ARRAY, _LIST, _TUPLE, _DICT, _VALUES, _TENSOR = range(6)
+_SMALL = 4  # shorter containers of plain values are not worth the type scan
 _PLAIN_KINDS = frozenset("biufc")  # dtype kinds a layout may describe (no object/str/void)
 _VALUE_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
 
@@ -50,7 +51,7 @@ def tensor_from_numpy(array: np.ndarray) -> Any:
 # ---------------------------------------------------------------------------- worker
 
 
-def _layout(obj: Any, writer: SlotWriter) -> tuple:
+def _layout(obj: Any, writer: SlotWriter) -> Any:
     t = type(obj)
     if t is np.ndarray:
         dtype = obj.dtype
@@ -58,6 +59,18 @@ def _layout(obj: Any, writer: SlotWriter) -> tuple:
             raise _NotPlain
         offset, strides = writer.locate(obj)
         return (_ARRAY, dtype.str, obj.shape, offset, strides)
+    if t is list or t is tuple:
+        if len(obj) > _SMALL and set(map(type, obj)) <= _VALUE_TYPES:
+            return (_VALUES, obj)  # e.g. the strings default_collate leaves as they are
+        return (_LIST if t is list else _TUPLE,
+                [x if type(x) in _VALUE_TYPES else _layout(x, writer) for x in obj])
+    if t is dict:
+        keys = list(obj)
+        if not set(map(type, keys)) <= _VALUE_TYPES:
+            raise _NotPlain
+        return (_DICT, keys, [_layout(obj[k], writer) for k in keys])
+    if t in _VALUE_TYPES:
+        return obj  # a plain value is its own node (only nodes are tuples)
     if t is _torch_tensor_type():
         if obj.device.type != "cpu" or obj.requires_grad or obj.layout is not _strided():
             raise _NotPlain
@@ -67,17 +80,6 @@ def _layout(obj: Any, writer: SlotWriter) -> tuple:
             raise _NotPlain from None
         offset, strides = writer.locate(view)
         return (_TENSOR, view.dtype.str, view.shape, offset, strides)
-    if t is list:
-        return (_LIST, [_layout(x, writer) for x in obj])
-    if t is tuple:
-        return (_TUPLE, [_layout(x, writer) for x in obj])
-    if t is dict:
-        keys = list(obj)
-        if any(type(k) not in _VALUE_TYPES for k in keys):
-            raise _NotPlain
-        return (_DICT, keys, [_layout(obj[k], writer) for k in keys])
-    if t in _VALUE_TYPES:
-        return (_VALUE, obj)
     raise _NotPlain
 
 
@@ -160,19 +162,22 @@ def _array(node: tuple, lease: Lease | None) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
 
 
-def _rebuild(node: tuple, lease: Lease) -> Any:
+def _rebuild(node: Any, lease: Lease) -> Any:
+    if type(node) is not tuple:
+        return node  # a plain value
     tag = node[0]
     if tag == _ARRAY:
         return _array(node, lease)
-    if tag == _TENSOR:
-        return tensor_from_numpy(_array(node, lease))
     if tag == _LIST:
-        return [_rebuild(x, lease) for x in node[1]]
-    if tag == _TUPLE:
-        return tuple(_rebuild(x, lease) for x in node[1])
+        return [x if type(x) is not tuple else _rebuild(x, lease) for x in node[1]]
     if tag == _DICT:
-        return {k: _rebuild(x, lease) for k, x in zip(node[1], node[2])}
-    return node[1]
+        return {k: x if type(x) is not tuple else _rebuild(x, lease)
+                for k, x in zip(node[1], node[2])}
+    if tag == _TUPLE:
+        return tuple([x if type(x) is not tuple else _rebuild(x, lease) for x in node[1]])
+    if tag == _VALUES:
+        return node[1]  # freshly unpickled: nobody else holds it
+    return tensor_from_numpy(_array(node, lease))  # _TENSOR
 
 
 def decode(codec: int, payload: Any, lease: Lease | None, spans: tuple) -> Any:

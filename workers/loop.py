@@ -44,6 +44,7 @@ from loader.ipc.messages import Failure, IterEnd, Result, Resume, Stop, Task, pa
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from loader.workers.fetch import make_fetcher
+from loader.workers.landing import landing_collate
 from loader.workers.seeding import seed_worker
 from loader.workers.threads import limit_threads
 
@@ -82,7 +83,8 @@ class WorkerSpec:
 class _Epoch:
     """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
 
-    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool) -> None:
+    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
+                 collate_fn: Callable) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
@@ -97,7 +99,7 @@ class _Epoch:
                 self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last)
+                                        collate_fn, spec.drop_last)
         except Exception as exc:  # an IterableDataset's __iter__ raised
             self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
 
@@ -148,7 +150,11 @@ class _Worker:
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, select.POLLIN)
         self.totals = [0, 0, 0.0, 0.0, 0.0, 0.0]  # batches, samples, fetch, collate, encode, cpu
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True)
+        collate_fn = spec.collate_fn
+        if collate_fn not in (collate.default_collate, collate.default_convert):
+            collate_fn = landing_collate(collate_fn, self.writer.alloc)  # workers/landing.py
+        self.collate_fn = collate_fn
+        self.state = _Epoch(spec, spec.epoch, spec.base_seed, True, collate_fn)
         self.cpu0 = thread_time()  # CPU before the first task (start-up is not per batch)
 
     def send(self, msg: Any) -> None:
@@ -214,7 +220,8 @@ class _Worker:
                 continue
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
+                self.state = _Epoch(self.spec, item.epoch, item.base_seed, False,
+                                    self.collate_fn)
             else:
                 self.serve(item)
 
