@@ -41,8 +41,9 @@ class Result(NamedTuple):
     for the ``gen``-th time (its lease stores ``gen`` when the user drops the batch);
     ``payload`` is encoded by ``codec`` (ipc/codec.py) and ``spans`` locate pickle's
     out-of-band buffers. ``timing`` is this worker's running totals since it started,
-    (batches, samples, fetch_s, collate_s, encode_s, cpu_s), for stats and the autotuner:
-    the main process keeps the latest, so it adds nothing per batch."""
+    (batches, samples, fetch_s, collate_s, encode_s, cpu_s, pid), for stats and the
+    autotuner: the main process keeps the latest, so it adds nothing per batch (the pid
+    tells a restarted worker's totals from its predecessor's)."""
     epoch: int
     batch_id: int
     worker_id: int

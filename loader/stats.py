@@ -132,7 +132,7 @@ class LoaderStats:
 
 
 _WORKER_FIELDS = ("batches", "samples", "fetch_s", "collate_s", "encode_s", "cpu_s")
-_ZERO = (0, 0, 0.0, 0.0, 0.0, 0.0)
+_ZERO = (0, 0, 0.0, 0.0, 0.0, 0.0, None)  # running totals, then the pid they belong to
 _MAIN_FIELDS = ("batches", "first_batch_s", "wait_s", "main_s", "consumer_s", "depth_sum",
                 "buffered_sum")
 
@@ -145,7 +145,7 @@ class Recorder:
         self._closed = EpochStats()  # the main-side figures of the epochs before this one
         self._main_samples = [0, 0]  # samples fetched in the main process: epoch, before
         self._latest: list[tuple] = []  # per worker: its running totals, as last received
-        self._carry: list[tuple] = []  # per worker id: totals of processes it had before
+        self._carry: list[tuple] = []  # per worker id: totals of the processes it had before
         self._base: list[tuple] = []  # per worker: carry + latest when this epoch began
         self._started: float | None = None
         self._total_started: float | None = None
@@ -200,10 +200,11 @@ class Recorder:
         epoch.buffered_sum += buffered
 
     def worker_result(self, worker_id: int, timing: tuple) -> None:
-        """``timing``: the worker's running totals (messages.Result.timing)."""
+        """``timing``: the worker's running totals and its pid (messages.Result.timing)."""
         latest = self._latest
-        if timing[0] < latest[worker_id][0]:  # a new process under this id: it counts anew
-            self._carry[worker_id] = _add(self._carry[worker_id], latest[worker_id])
+        previous = latest[worker_id]
+        if timing[6] != previous[6] and previous[0]:  # a new process under this id
+            self._carry[worker_id] = _add(self._carry[worker_id], previous)
         latest[worker_id] = timing
 
     def main_fetch(self, samples: int) -> None:
@@ -252,11 +253,12 @@ class Recorder:
 
 
 def _add(a: tuple, b: tuple) -> tuple:
-    return tuple(x + y for x, y in zip(a, b))
+    """The totals of ``a`` and ``b`` (the pid is left out: sums have none)."""
+    return tuple(x + y for x, y in zip(a[:6], b[:6]))
 
 
 def _sub(a: tuple, b: tuple) -> tuple:
-    return tuple(x - y for x, y in zip(a, b))
+    return tuple(x - y for x, y in zip(a[:6], b[:6]))
 
 
 def _live(period: EpochStats, pids: list) -> None:

@@ -95,6 +95,26 @@ def test_stats_cumulative_across_persistent_epochs():
     loader.close()
 
 
+def test_recorder_keeps_running_totals_per_worker_and_epoch():
+    """Workers send running totals; a new process under the same id (a restart) counts
+    from zero again without losing what the old one did."""
+    from loader.stats import Recorder
+    r = Recorder()
+    r.start_epoch(2, [None, None])
+    r.worker_result(0, (1, 10, 0.1, 0.2, 0.0, 0.3, 100))
+    r.worker_result(1, (1, 10, 0.1, 0.0, 0.0, 0.1, 101))
+    r.worker_result(0, (2, 20, 0.2, 0.4, 0.0, 0.6, 100))
+    r.start_epoch(2, [None, None])
+    r.worker_result(0, (3, 30, 0.3, 0.6, 0.0, 0.9, 100))
+    r.worker_result(1, (1, 8, 0.5, 0.0, 0.0, 0.5, 102))  # worker 1 was replaced: counts anew
+    snap = r.snapshot(2)
+    assert [w.batches for w in snap.epoch.workers] == [1, 1]
+    assert [w.batches for w in snap.total.workers] == [3, 2]
+    assert snap.total.samples == 30 + 18 and snap.epoch.samples == 10 + 8
+    assert abs(snap.total.workers[1].fetch_s - 0.6) < 1e-9
+    assert r.totals()[1] == 48 and r.totals()[7] == 5
+
+
 def test_stats_without_workers():
     loader = DataLoader(np.arange(100), batch_size=10)
     list(loader)

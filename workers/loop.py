@@ -156,6 +156,7 @@ class _Worker:
         self.collate_fn = collate_fn
         self.state = _Epoch(spec, spec.epoch, spec.base_seed, True, collate_fn)
         self.cpu0 = thread_time()  # CPU before the first task (start-up is not per batch)
+        self.pid = os.getpid()  # sent with the totals: a restarted worker counts anew
 
     def send(self, msg: Any) -> None:
         """One record in the result ring, or the spill path when it does not fit."""
@@ -286,7 +287,7 @@ class _Worker:
         totals[4] += encode_s
         totals[5] = thread_time() - self.cpu0  # the whole loop's, read once per batch
         self.send(Result(task.epoch, task.batch_id, wid, slot, size, gen, kind, spans,
-                         tuple(totals), payload))
+                         (*totals, self.pid), payload))
 
     def close(self) -> None:
         self.out.close(linger=1000)
