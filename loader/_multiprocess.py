@@ -27,6 +27,7 @@ from loader.ipc.messages import Failure, IterEnd, Result
 from loader.iterators import BaseIter
 from loader.workers import freeze
 from loader.workers.backend import WorkerBackend, make_backend
+from loader.workers.fetch import make_fetcher
 
 __all__ = ["MultiProcessIter"]
 
@@ -65,6 +66,7 @@ class MultiProcessIter(BaseIter):
         self._retired: set[int] = set()  # workers stopped by "auto" shrinking
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
         self._autotune = loader._autotuner
+        self._local = None  # a fetcher when "auto" fell back to the main process
         self._started_processes: list = []
         self._pool: WorkerBackend | None = None
         self._pool = make_backend(
@@ -115,7 +117,8 @@ class MultiProcessIter(BaseIter):
             self._epoch += 1
             self._base_seed = self._seed_source.seed()
             for k in range(n):
-                self._pool.new_epoch(k, self._epoch, self._base_seed)
+                if k not in self._retired:
+                    self._pool.new_epoch(k, self._epoch, self._base_seed)
         for _ in range(self._prefetch_factor * n):
             self._try_put_index()
 
@@ -123,6 +126,8 @@ class MultiProcessIter(BaseIter):
         return self._num_workers - len(self._retired) - len(self._draining)
 
     def _try_put_index(self) -> None:
+        if self._local is not None:
+            return  # fetching in the main process (num_workers="auto" fell back)
         max_tasks = self._prefetch_factor * self._active_workers()
         if self._tasks_outstanding >= max_tasks:
             return  # the pool shrank under the tasks already in flight
@@ -207,6 +212,8 @@ class MultiProcessIter(BaseIter):
                 self._task_info.pop(self._rcvd_idx, None)
                 self._rcvd_idx += 1
             else:
+                if self._local is not None:
+                    return self._fetch_locally()
                 if not self._persistent:
                     self._shutdown()
                 raise StopIteration
@@ -258,7 +265,43 @@ class MultiProcessIter(BaseIter):
                                     data.indices, data.text)
         return data
 
+    def _fetch_locally(self) -> Any:
+        """The next batch fetched and collated here, as ``num_workers=0`` would."""
+        try:
+            index = self._next_index()
+        except StopIteration:
+            if not self._persistent:
+                self._shutdown()
+            raise
+        fetcher = self._local
+        data = fetcher.fetch(index)
+        self._recorder.main_fetch(fetcher.count)
+        self._send_idx += 1  # batch ids stay in step with the sampler
+        self._rcvd_idx += 1
+        autotune = self._autotune
+        if autotune is not None and not autotune.settled:
+            autotune.observe(self)
+        return data
+
+    def stats(self):
+        return self._recorder.snapshot(0 if self._local is not None else
+                                       self._active_workers())
+
     # ------------------------------------------------------------------ resizing
+
+    def _go_local(self) -> None:
+        """Fetch in the main process from now on (tasks in flight still arrive first)."""
+        self._local = make_fetcher(self._iterable, self._dataset, self._auto_collation,
+                                   self._collate_fn, self._drop_last)
+
+    def _go_pool(self) -> None:
+        """Back to the workers: refill the prefetch budget."""
+        self._local = None
+        while True:
+            before = self._tasks_outstanding
+            self._try_put_index()
+            if self._tasks_outstanding == before:
+                break
 
     def _grow(self, count: int) -> None:
         """Start ``count`` more workers and fill the deeper prefetch budget they bring."""

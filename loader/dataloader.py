@@ -297,7 +297,8 @@ class DataLoader(Generic[T_co]):
     def stats(self) -> LoaderStats:
         """Statistics of the current (or last) epoch and of all epochs so far; its
         ``summary`` says what limits throughput."""
-        return self._recorder.snapshot(self.num_workers)
+        tuner = self._autotuner
+        return self._recorder.snapshot(tuner.current if tuner is not None else self.num_workers)
 
     def close(self) -> None:
         """Shut down persistent workers now (they also stop when the loader is collected)."""

@@ -92,7 +92,7 @@ class EpochStats:
                 return "consumer", (f"your loop takes {consumer:.2f} ms per batch, loading "
                                     f"{main:.2f} ms in the main process")
             return "main process", (f"loading takes {main:.2f} ms per batch in the main "
-                                    "process (num_workers=0); workers would take it off")
+                                    "process (num_workers=0); workers may take it off")
         busy = self.worker_busy()
         if wait < _CONSUMER_BOUND * cycle:
             return "consumer", (f"batches are ready before they are asked for: your loop "
@@ -124,8 +124,11 @@ class LoaderStats:
     @property
     def summary(self) -> str:
         e = self.epoch
-        return (f"{e.samples_per_s:,.0f} samples/s over {e.batches} batches with "
+        text = (f"{e.samples_per_s:,.0f} samples/s over {e.batches} batches with "
                 f"{self.num_workers} workers; limited by the {self.limiter}: {self.reason}")
+        if self.autotune:
+            text += f'; num_workers="auto": {self.autotune["reason"]}'
+        return text
 
     def __str__(self) -> str:
         return self.summary

@@ -196,6 +196,44 @@ def test_auto_does_not_exceed_the_cores_on_cpu_bound_work():
     loader.close()
 
 
+def test_switching_to_the_main_process_mid_epoch_keeps_every_batch_in_order():
+    """The fallback's mechanism: batches already given to workers arrive first, then the
+    main process fetches the rest; nothing is lost, repeated or reordered."""
+    data = np.arange(4000)
+    loader = DataLoader(data, batch_size=16, num_workers=2, persistent_workers=True)
+    expected = [list(range(i, i + 16)) for i in range(0, 4000, 16)]
+    for switch_at in (0, 5, 120):
+        it = iter(loader)
+        got = []
+        for i, b in enumerate(it):
+            got.append(b.tolist())
+            if i == switch_at:
+                it._go_local()
+        assert got == expected
+        it._go_pool()  # and back for the next epoch
+    assert [b.tolist() for b in loader] == expected
+    loader.close()
+
+
+def test_auto_tries_the_main_process_and_says_what_it_chose(monkeypatch):
+    """Forced to try fetching in the main process (the estimate is made generous), auto
+    picks the faster of the two and says so; the batches are those of num_workers=0."""
+    import loader.autotune as autotune
+    monkeypatch.setattr(autotune, "_LOCAL_TRY", 0.0)
+    cheap = np.arange(400_000)  # long enough for both windows (0.25 s each) to close
+    loader, epochs = _auto_epochs(cheap, 3)
+    expected = [list(range(i, i + 16)) for i in range(0, 400_000, 16)]
+    assert all(batches == expected for batches in epochs)
+    stats = loader.stats()
+    reason = stats.autotune["reason"]
+    assert stats.autotune["settled"]
+    assert "main process" in reason and reason in stats.summary
+    if "fell back" in reason:
+        assert stats.autotune["workers"] == 0 and stats.num_workers == 0
+        assert iter(loader)._active_workers() == 0
+    loader.close()
+
+
 def test_auto_keeps_an_iterable_dataset_pool_fixed():
     from loader import IterableDataset
 
