@@ -96,3 +96,16 @@ def test_blas_in_a_worker_still_works_on_one_thread():
 
     got = [float(b[0]) for b in DataLoader(MatMul(4), batch_size=1, num_workers=2)]
     assert got == [200.0 * (1 + i) ** 2 for i in range(4)]
+
+
+def test_workers_wake_close_to_their_timers():
+    """Workers set a 1 us timer slack (Linux default: 50 us), so a dataset's sleeps and
+    timeouts do not overshoot by the default slack each."""
+
+    class Slack(Sized):
+        def __getitem__(self, i):
+            with open("/proc/self/timerslack_ns") as f:
+                return int(f.read())
+
+    got = [int(x) for b in DataLoader(Slack(4), batch_size=2, num_workers=2) for x in b]
+    assert got == [1000] * 4

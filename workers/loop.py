@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import os
 import pickle
@@ -51,6 +52,10 @@ from loader.workers.threads import limit_threads
 __all__ = ["WorkerSpec", "worker_main"]
 
 _PARENT_CHECK_MS = 1000  # how often a worker without a pidfd checks that its parent lives
+_TIMER_SLACK_NS = 1_000  # a worker's timer slack (Linux default 50 us): a dataset that waits
+#                         with sleeps or timeouts (rate limits, retries, remote queues) wakes
+#                         within ~1 us of its deadline; 16 sleeps of 2 ms overshot by ~3%
+_PR_SET_TIMERSLACK = 29  # prctl option (linux/prctl.h)
 
 
 @dataclass
@@ -305,9 +310,17 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def _tight_timers() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, _TIMER_SLACK_NS, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux, or no prctl: the default slack stays
+        pass
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _tight_timers()
     for fd in spec.close_fds:
         try:
             os.close(fd)
