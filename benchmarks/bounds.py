@@ -83,15 +83,23 @@ def latency(reps: int) -> dict:
 
 
 _TORCH_CHILD = textwrap.dedent("""
-    import json, os, sys, time
+    import gc, json, os, sys, time
     if sys.argv[1] == "torch":
         import torch
         (torch.ones(256, 256) @ torch.ones(256, 256)).sum()  # a model's first op
     from benchmarks.workloads import CpuDataset
     from loader import DataLoader
+    full_gc = [0.0]  # seconds spent in full collections (generation 2)
+    def watch(phase, info, t=[0.0]):
+        if info["generation"] == 2:
+            if phase == "start":
+                t[0] = time.perf_counter()
+            else:
+                full_gc[0] += time.perf_counter() - t[0]
+    gc.callbacks.append(watch)
     out = []
     for epoch in range(EPOCHS):
-        c0 = os.times()
+        c0, g0 = os.times(), full_gc[0]
         t0 = time.perf_counter()
         for _ in DataLoader(CpuDataset(SAMPLES), batch_size=16, num_workers=2,
                             output="numpy"):
@@ -99,7 +107,8 @@ _TORCH_CHILD = textwrap.dedent("""
         wall = time.perf_counter() - t0
         c1 = os.times()
         out.append({"rate": SAMPLES / wall, "main_cpu_s": c1[0] + c1[1] - c0[0] - c0[1],
-                    "workers_cpu_s": c1[2] + c1[3] - c0[2] - c0[3]})
+                    "workers_cpu_s": c1[2] + c1[3] - c0[2] - c0[3],
+                    "full_gc_s": full_gc[0] - g0})
     print("RESULT " + json.dumps(out))
 """).replace("EPOCHS", str(_TORCH_EPOCHS)).replace("SAMPLES", str(_TORCH_SAMPLES))
 
@@ -108,7 +117,8 @@ def torch_imported(reps: int) -> dict:
     """Per-epoch rates of fresh 2-worker loaders, with and without torch imported first."""
     runs: dict[str, list[list[dict]]] = {"none": [], "torch": []}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [p for p in (os.environ.get("PYTHONPATH", ""), root) if p])}
     busy0, t0 = machine_busy_s(), time.monotonic()
     for _ in range(reps):
         for flavour in ("none", "torch"):  # interleaved: drift hits both alike
@@ -121,9 +131,13 @@ def torch_imported(reps: int) -> dict:
     busy = (machine_busy_s() - busy0) / (time.monotonic() - t0)
     med = {f: [statistics.median(r[e]["rate"] for r in runs[f]) for e in range(_TORCH_EPOCHS)]
            for f in runs}
-    wcpu = {f: [statistics.median(r[e]["workers_cpu_s"] for r in runs[f])
-                for e in range(_TORCH_EPOCHS)] for f in runs}
-    return {"rates": med, "workers_cpu_s": wcpu, "busy_cores": busy,
+    def per_epoch(key: str) -> dict:
+        return {f: [round(statistics.median(r[e][key] for r in runs[f]), 3)
+                    for e in range(_TORCH_EPOCHS)] for f in runs}
+
+    return {"rates": med, "workers_cpu_s": per_epoch("workers_cpu_s"),
+            "main_cpu_s": per_epoch("main_cpu_s"), "full_gc_s": per_epoch("full_gc_s"),
+            "busy_cores": busy,
             "ratio": [t / n if n else 0.0 for t, n in zip(med["torch"], med["none"])]}
 
 
@@ -222,7 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--torch-only", action="store_true",
+                        help="only the torch-imported comparison, as JSON (its children run "
+                             "the loader found first on PYTHONPATH: compare branches)")
     args = parser.parse_args(argv)
+    if args.torch_only:
+        tor = torch_imported(args.reps)
+        print(json.dumps(tor, indent=1))
+        return 0
     busy0, t0 = machine_busy_s(), time.monotonic()
     rows = throughput(args.reps, args.seconds)
     lat = latency(args.reps)
@@ -242,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                                    else f"{k}={row.get(k)}" for k in keep))
     print(f"  latency 8 workers: {lat['samples_per_s']:,.0f} samples/s (reps {lat['reps']})")
     print(f"  torch imported, per-epoch rates: {tor['rates']}; workers' CPU s per epoch: "
-          f"{tor['workers_cpu_s']}; others used {tor['busy_cores']:.2f} cores (incl. ours)")
+          f"{tor['workers_cpu_s']}; main CPU s: {tor['main_cpu_s']}; full collections s: "
+          f"{tor['full_gc_s']}; the machine was busy {tor['busy_cores']:.2f} cores "
+          "(ours included)")
     print(f"  auto on the 2 ms dataset: first-epoch shares {aut['latency_shares']}")
     print(f"  auto on tiny: {aut['tiny_reasons']}")
     background = [r["background_cores"] for r in rows if r.get("background_cores") is not None]
