@@ -244,6 +244,10 @@ class WorkerPool:
         Raises :class:`WorkerError` when a worker has died, and ``TimeoutError`` when
         ``timeout_s`` passes without a message.
         """
+        if prefer is not None:  # the common case: the batch due next is already there
+            record = self._channels[prefer].results.read()
+            if record is not None:
+                return self._deliver(prefer, record)
         deadline = None
         while True:
             got = self._take(prefer)
@@ -298,12 +302,17 @@ class WorkerPool:
 
     def _take_from(self, worker_id: int) -> tuple[Any, Any] | None:
         record = self._channels[worker_id].results.read()
-        if record is None:
-            return None
+        return None if record is None else self._deliver(worker_id, record)
+
+    def _deliver(self, worker_id: int, record: tuple) -> tuple[Any, Any]:
         tag, payload = record
         message = unpack(payload) if tag == MSG else self._spilled_from(worker_id)
         if type(message) is Result:
-            return message, self._decode(message)
+            lease = None
+            if message.slot >= 0 and message.slot_size:
+                lease = self._arenas[worker_id].lease(message.slot, message.slot_size,
+                                                      message.gen)
+            return message, decode(message.codec, message.payload, lease, message.spans)
         return message, None
 
     def _pull_spilled(self) -> None:
@@ -327,13 +336,6 @@ class WorkerPool:
                                       worker_id=worker_id, pid=process.pid,
                                       exitcode=process.exitcode)
         return queue.popleft()
-
-    def _decode(self, message: Result) -> Any:
-        lease = None
-        if message.slot >= 0 and message.slot_size:
-            lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size,
-                                                          message.gen)
-        return decode(message.codec, message.payload, lease, message.spans)
 
     def _raise_if_dead(self) -> None:
         dead = [(k, p) for k, p in enumerate(self._processes)
