@@ -52,7 +52,9 @@ from loader.workers.threads import scan_before_fork
 __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
-_DEATH_GRACE_MS = 50  # after a sentinel fires: time for the dead worker's last message
+_DEATH_GRACE_MS = 10  # after a sentinel fires and its ring is empty: time for our own zmq
+#                       I/O thread to hand over a spilled last message already in the
+#                       socket (a dead worker sends nothing more; ring records are there)
 _RECONNECT_MS = 2  # the task socket connects before its worker binds: retry this soon
 #                    (zmq's default, 100 ms, was most of the time to the first batch)
 _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole MiB)
