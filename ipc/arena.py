@@ -131,6 +131,7 @@ class SlotWriter:
         self._slot = -1
         self._offset = 0
         self._maps: list[tuple[int, int]] = []  # (address, size) of this batch's mappings
+        self._spans: list[tuple[int, int] | None] = [None] * len(fds)  # each slot's mapping
         self._given: dict[int, tuple[np.ndarray, int]] = {}  # id -> (array, offset) this batch
 
     @classmethod
@@ -147,10 +148,9 @@ class SlotWriter:
     def begin(self, slot: int) -> None:
         """Start writing a batch into ``slot`` (-1: no slot; everything goes inline)."""
         self._slot, self._offset = slot, 0
-        self._maps = []
+        span = self._spans[slot] if slot >= 0 else None
+        self._maps = [span] if span is not None else []
         self._given = {}
-        if slot >= 0 and self._views[slot] is not None:
-            self._note_map(self._views[slot])
 
     def end(self) -> int:
         """Finish the batch; returns the slot's size, which the main process must map."""
@@ -158,8 +158,9 @@ class SlotWriter:
         self._given = {}
         return self._sizes[self._slot] if self._slot >= 0 else 0
 
-    def _note_map(self, view: np.ndarray) -> None:
-        self._maps.append((view.__array_interface__["data"][0], view.size))
+    def _note_map(self, slot: int, view: np.ndarray) -> None:
+        span = self._spans[slot] = (view.__array_interface__["data"][0], view.size)
+        self._maps.append(span)
 
     def _grow(self, needed: int) -> None:
         slot, fd = self._slot, self._fds[self._slot]
@@ -177,7 +178,7 @@ class SlotWriter:
                 + f" ({exc.strerror})") from None
         self._sizes[slot] = size
         view = self._views[slot] = _map(fd, size)
-        self._note_map(view)
+        self._note_map(slot, view)
 
     def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An uninitialised array in the current slot (on the heap when there is none)."""

@@ -120,7 +120,7 @@ def np_collate(samples):
 
 def test_numpy_collate_batches_equal_the_main_process_ones():
     expected = [(x.copy(), y.copy()) for x, y in
-                DataLoader(Images(), batch_size=6, collate_fn=np_collate)]
+                DataLoader(Images(), batch_size=6, collate_fn=np_collate, output="numpy")]
     got = list(DataLoader(Images(), batch_size=6, num_workers=2, collate_fn=np_collate,
                           output="numpy"))
     assert len(got) == len(expected) == 7

@@ -17,6 +17,9 @@ machine, their memfd slots and control channels; start, talk, notice death, shut
   system call while records are waiting; it sleeps in one ``poll`` only when every ring
   is empty, and wakes at once when a worker rings or dies.
 - The worker: ``workers/loop.py``.
+- A replacement for a dead worker must get a new Channel and Arena (not the old ones):
+  leases the user still holds store releases into the old channel's counters, and a new
+  process starts counting what it published from zero.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
   timeout, SIGKILL survivors, close sockets, pipes and slots). Iterator exhaustion,
   ``close()``, garbage collection, errors and interpreter exit all end here. Sockets live
