@@ -144,7 +144,11 @@ class AutoTuner:
         totals = it._recorder.totals()
         produced = max(1, totals[7])
         busy, cpu = totals[5] / produced, totals[6] / produced
-        if busy <= 0 or cpu > (1 - _IO_BOUND) * busy:
+        # time runnable but without a CPU is not waiting on I/O: a busy machine would
+        # otherwise pass for slow storage (schedstat, since each worker started)
+        queued = run_queue_s(it._pool.started_pids) / produced
+        io = busy - cpu - queued
+        if busy <= 0 or io < _IO_BOUND * busy:
             return False
         target, limit, _ = self._limited(it, math.ceil(_HEADROOM * self.cores * busy / cpu)
                                          if cpu > 0 else self.max_workers)
