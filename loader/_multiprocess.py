@@ -13,6 +13,10 @@
 - Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
+- Every batch handed out (or raised) is reported to the epoch's ``Progress``
+  (``loader/state.py``) with its position and the worker's replica entry, if the batch
+  carried one; a resumed epoch starts dispatching at its saved position, skips positions
+  already handed out, and continues the round robin at the saved next worker.
 - Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
   collection and on any worker death, through the backend's ``shutdown``.
 """
@@ -35,12 +39,14 @@ _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the vari
 
 
 class _Pending:
-    """A dispatched task: its worker, and once it arrives out of order, its outcome."""
+    """A dispatched task: its worker, and once it arrives out of order, its outcome (and
+    the replica entry that came with it)."""
 
-    __slots__ = ("worker_id", "indices", "data", "arrived")
+    __slots__ = ("worker_id", "indices", "data", "arrived", "entry")
 
     def __init__(self, worker_id: int, indices: Any) -> None:
         self.worker_id, self.indices, self.data, self.arrived = worker_id, indices, None, False
+        self.entry = None
 
 
 class MultiProcessIter(BaseIter):
@@ -65,7 +71,9 @@ class MultiProcessIter(BaseIter):
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
-            thread_limit=_THREAD_LIMIT)
+            thread_limit=_THREAD_LIMIT, seeding=self._seeding,
+            seed_epoch=self._progress.epoch, snapshot_every=self._ledger.worker_every,
+            restore=self._restore)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork
@@ -95,18 +103,23 @@ class MultiProcessIter(BaseIter):
         n = self._num_workers
         self._recorder.start_epoch(n, self._pool.started_pids)
         self._buffered = 0
-        self._send_idx = 0
-        self._rcvd_idx = 0
+        self._send_idx = self._rcvd_idx = self._progress.low  # a resumed epoch's position
         self._task_info: dict[int, _Pending] = {}
         self._tasks_outstanding = 0
         self._workers_status = [k not in self._retired for k in range(n)]
         self._workers_num_tasks = [0] * n
-        self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
+        # round robin restarts at worker 0 every epoch, as in torch (a resumed epoch: at
+        # the worker after the one that made the last batch handed out)
+        plan = self._plan
+        self._next_worker = plan.state.get("next_worker", 0) % n \
+            if plan is not None and plan.mid else 0
         if not first_iter:
             self._epoch += 1
-            self._base_seed = self._seed_source.seed()
+            restore = self._restore or [None] * n
             for k in range(n):
-                self._pool.new_epoch(k, self._epoch, self._base_seed)
+                self._pool.new_epoch(k, self._epoch, self._base_seed,
+                                     seed_epoch=self._progress.epoch,
+                                     restore=restore[k] if k < len(restore) else None)
         for _ in range(self._prefetch_factor * n):
             self._try_put_index()
 
@@ -124,11 +137,12 @@ class MultiProcessIter(BaseIter):
         worker_id = self._pick_worker(max_tasks)
         if worker_id is None:
             return  # every worker is inactive; the epoch is ending
-        self._pool.submit(worker_id, self._epoch, self._send_idx, index)
-        self._task_info[self._send_idx] = _Pending(worker_id, index)
+        pos = self._index_pos
+        self._pool.submit(worker_id, self._epoch, pos, index)
+        self._task_info[pos] = _Pending(worker_id, index)
         self._workers_num_tasks[worker_id] += 1
         self._tasks_outstanding += 1
-        self._send_idx += 1
+        self._send_idx = pos + 1
 
     def _pick_worker(self, max_tasks: int) -> int | None:
         active = max(1, sum(self._workers_status) - len(self._draining))
@@ -197,9 +211,10 @@ class MultiProcessIter(BaseIter):
             info = self._task_info[self._rcvd_idx]
             if info.arrived:
                 self._buffered -= 1
-                del self._task_info[self._rcvd_idx]
+                idx = self._rcvd_idx
+                del self._task_info[idx]
                 self._rcvd_idx += 1
-                return self._process(info.data, info.worker_id)
+                return self._process(info.data, info.worker_id, idx, info.entry)
 
             message, batch = self._get_data()
             if message.epoch != self._epoch:
@@ -209,23 +224,27 @@ class MultiProcessIter(BaseIter):
             if kind is IterEnd:
                 self._workers_status[message.worker_id] = False
                 self._task_info.pop(message.batch_id, None)
+                self._progress.replica_ended(message.worker_id, message.state)
                 self._try_put_index()
                 continue
-            outcome = batch if kind is Result else message
+            if kind is Result:
+                outcome, entry = batch, message.state
+            else:
+                outcome, entry = message, None
             idx = message.batch_id
             if idx != self._rcvd_idx:
                 if self._in_order:
                     pending = self._task_info[idx]
-                    pending.data, pending.arrived = outcome, True
+                    pending.data, pending.arrived, pending.entry = outcome, True, entry
                     self._buffered += 1
                     continue
                 del self._task_info[idx]
-                return self._process(outcome, message.worker_id)
+                return self._process(outcome, message.worker_id, idx, entry)
             del self._task_info[idx]
             self._rcvd_idx += 1
-            return self._process(outcome, message.worker_id)
+            return self._process(outcome, message.worker_id, idx, entry)
 
-    def _process(self, data: Any, worker_id: int) -> Any:
+    def _process(self, data: Any, worker_id: int, position: int, entry: Any) -> Any:
         self._workers_num_tasks[worker_id] -= 1
         if worker_id in self._draining and not self._workers_num_tasks[worker_id]:
             self._draining.discard(worker_id)
@@ -237,8 +256,10 @@ class MultiProcessIter(BaseIter):
             self._autotune.observe(self)
             self._recorder.autotune = self._autotune.report(self._active_workers())
         if type(data) is Failure:
+            self._progress.hand_out(position, worker_id, made=False)
             raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
                                     data.indices, data.text)
+        self._progress.hand_out(position, worker_id, entry)
         return data
 
     # ------------------------------------------------------------------ resizing

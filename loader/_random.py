@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from loader._rng_state import capture_generator, restore_generator
+
 __all__ = ["SeedSource", "as_source", "draw_seed"]
 
 _SEED_BOUND = 1 << 63  # seeds are non-negative int64, like torch's ``random_()`` draw
@@ -81,6 +83,51 @@ class SeedSource:
         if self._kind == "numpy":
             return self._rng
         return np.random.default_rng(self.seed())
+
+    # ------------------------------------------------------------------ resume
+
+    @property
+    def kind(self) -> str:
+        """Where draws come from: "numpy", "torch" (a private generator) or "global"."""
+        return self._kind
+
+    def state(self) -> dict | None:
+        """The JSON-safe state of a private generator (numpy's or torch's); None for the
+        global RNGs, which belong to the user (who restores them, if at all)."""
+        if self._kind == "numpy":
+            return capture_generator(self._rng)
+        if self._kind == "torch":
+            return capture_generator(self._torch_gen)
+        return None
+
+    def set_state(self, state: dict | None) -> None:
+        """Put the private generator back into a :meth:`state`; None changes nothing."""
+        if state is None:
+            return
+        if self._kind == "global":
+            raise ValueError(
+                "Cannot load this state: generator is a seeded generator in the state but "
+                "None (the global RNG) in this loader")
+        restore_generator(self._rng if self._kind == "numpy" else self._torch_gen, state)
+
+    def begin_pass(self, replay: dict | None = None) -> tuple[np.random.Generator, dict]:
+        """The numpy generator for one pass, and a JSON-safe record that replays the pass.
+
+        The record of a private generator is its state before the pass (replaying it
+        also leaves the generator where the pass left it, for the passes after); that of
+        the global RNG is the seed drawn for the pass, so a replay never touches it.
+        """
+        if replay is not None:
+            if replay.get("seed") is not None:
+                return np.random.default_rng(replay["seed"]), replay
+            if replay.get("source") is not None:
+                self.set_state(replay["source"])
+                return self.numpy(), replay
+        if self._kind == "global":
+            seed = self.seed()
+            return np.random.default_rng(seed), {"seed": seed, "source": None}
+        record = {"seed": None, "source": self.state()}  # before the pass draws anything
+        return self.numpy(), record
 
 
 def as_source(generator: Any) -> SeedSource:

@@ -7,6 +7,11 @@ pass, lazily on the first ``next()`` as torch does. So an unseeded sampler gives
 order every epoch, ``torch.manual_seed`` (or ``np.random.seed`` without torch) makes it
 reproducible, and a seeded sampler repeats across runs while still changing per epoch.
 All samplers yield Python ints.
+
+Every sampler here also takes part in a loader's resume (``loader/state.py``) through
+:class:`_Resumable`: it remembers how its latest pass began (a JSON-safe record, taken
+once per pass) and can repeat a recorded pass from any item on, without drawing anything
+else; so the loader's state holds a sampler's position as (pass record, items consumed).
 """
 
 from __future__ import annotations
@@ -34,6 +39,87 @@ _DRAW_CHUNK = 1024  # indices drawn per numpy call with replacement: amortises t
 # overhead while bounding the draws wasted when a pass is abandoned early
 
 
+class _Resumable:
+    """The resume protocol of our samplers (used by ``loader/_sampler_state.py``).
+
+    - ``_resume_state(current)``: with ``current`` the state the *next* pass starts
+      from (generators and epoch as they are now), else the record of the latest pass
+      (None before the first); both carry ``config``, the facts a state must agree on.
+    - ``_resume_restore(state)``: put generators and epoch back as ``state`` has them.
+    - ``_resume_replay(state, skip)``: the next pass repeats the recorded one, starting
+      after its first ``skip`` items (nothing is drawn for the skipped ones twice).
+
+    A subclass that overrides ``__iter__`` is no longer ours: the loader then replays it.
+    """
+
+    _pass_record: dict | None = None
+    _replay: tuple | None = None
+
+    def _resume_config(self) -> dict:
+        return {}
+
+    def _current_record(self) -> dict:
+        return {}
+
+    def _resume_state(self, current: bool) -> dict | None:
+        record = self._current_record() if current else self._pass_record
+        if record is None:
+            return None
+        return {"config": self._resume_config(), **record}
+
+    def _resume_check(self, state: dict) -> None:
+        mine = self._resume_config()
+        theirs = state.get("config", {})
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                raise ValueError(
+                    f"Cannot load this state: sampler.{key} is {theirs.get(key)!r} in the "
+                    f"state but {mine.get(key)!r} in this loader "
+                    f"({type(self).__name__})")
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+
+    def _resume_replay(self, state: dict, skip: int) -> None:
+        self._replay = (state, skip)
+
+    def _take_replay(self) -> tuple[dict | None, int]:
+        replay, self._replay = self._replay, None
+        return replay if replay is not None else (None, 0)
+
+
+def _skip_items(chunks: Iterable[list], skip: int) -> Iterator:
+    """The items of ``chunks`` (lists) after the first ``skip``."""
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        yield from chunk[skip:] if skip else chunk
+        skip = 0
+
+
+class _SourcePasses(_Resumable):
+    """A sampler drawing each pass from ``self._source``: records and replays passes."""
+
+    def _current_record(self) -> dict:
+        return {"seed": None, "source": self._source.state()}
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+        if state.get("seed") is None:
+            self._source.set_state(state.get("source"))
+
+    def _passes(self, chunks_of) -> Iterator:
+        """Run one pass of ``chunks_of(rng)`` (lists of items), recorded or replayed."""
+        replay, skip = self._take_replay()
+        rng, self._pass_record = self._source.begin_pass(replay)
+        if skip:
+            yield from _skip_items(chunks_of(rng), skip)
+            return
+        for chunk in chunks_of(rng):
+            yield from chunk
+
+
 class Sampler(Generic[_T_co]):
     """Base class: subclasses implement ``__iter__`` and, when they can, ``__len__``.
 
@@ -45,7 +131,7 @@ class Sampler(Generic[_T_co]):
         raise NotImplementedError
 
 
-class SequentialSampler(Sampler[int]):
+class SequentialSampler(_Resumable, Sampler[int]):
     """``0, 1, ..., len(data_source) - 1``, with the length read at each pass."""
 
     data_source: Sized
@@ -54,13 +140,15 @@ class SequentialSampler(Sampler[int]):
         self.data_source = data_source
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(len(self.data_source)))
+        _, skip = self._take_replay()
+        self._pass_record = {}
+        return iter(range(skip, len(self.data_source)))
 
     def __len__(self) -> int:
         return len(self.data_source)
 
 
-class RandomSampler(Sampler[int]):
+class RandomSampler(_SourcePasses, Sampler[int]):
     """Random indices into ``data_source``.
 
     Without replacement it yields ``num_samples // n`` full permutations and then the
@@ -101,23 +189,28 @@ class RandomSampler(Sampler[int]):
         return self._num_samples
 
     def __iter__(self) -> Iterator[int]:
+        return self._passes(self._chunks)
+
+    def _chunks(self, rng: np.random.Generator) -> Iterator[list]:
         n = len(self.data_source)
         total = self.num_samples
-        rng = self._source.numpy()
         if self.replacement:
             for start in range(0, total, _DRAW_CHUNK):
-                yield from rng.integers(0, n, size=min(_DRAW_CHUNK, total - start)).tolist()
+                yield rng.integers(0, n, size=min(_DRAW_CHUNK, total - start)).tolist()
             return
         for _ in range(total // n):
-            yield from rng.permutation(n).tolist()
+            yield rng.permutation(n).tolist()
         if total % n:
-            yield from rng.permutation(n)[: total % n].tolist()
+            yield rng.permutation(n)[: total % n].tolist()
+
+    def _resume_config(self) -> dict:
+        return {"replacement": self.replacement, "num_samples": self.num_samples}
 
     def __len__(self) -> int:
         return self.num_samples
 
 
-class SubsetRandomSampler(Sampler[int]):
+class SubsetRandomSampler(_SourcePasses, Sampler[int]):
     """The elements of ``indices`` in a random order, each once per pass."""
 
     indices: Sequence[int]
@@ -128,18 +221,24 @@ class SubsetRandomSampler(Sampler[int]):
         self._source = as_source(generator)
 
     def __iter__(self) -> Iterator[int]:
-        order = self._source.numpy().permutation(len(self.indices))
+        return self._passes(self._chunks)
+
+    def _chunks(self, rng: np.random.Generator) -> Iterator[list]:
+        order = rng.permutation(len(self.indices))
         if isinstance(self.indices, np.ndarray):
-            yield from self.indices[order].tolist()
+            yield self.indices[order].tolist()
         else:
-            for i in order.tolist():
-                yield self.indices[i]
+            indices = self.indices
+            yield [indices[i] for i in order.tolist()]
+
+    def _resume_config(self) -> dict:
+        return {"num_samples": len(self.indices)}
 
     def __len__(self) -> int:
         return len(self.indices)
 
 
-class WeightedRandomSampler(Sampler[int]):
+class WeightedRandomSampler(_SourcePasses, Sampler[int]):
     """``num_samples`` indices into ``weights``, index ``i`` with probability ∝ ``weights[i]``.
 
     Weights are checked when a pass starts, as torch's ``multinomial`` does. Without
@@ -182,9 +281,12 @@ class WeightedRandomSampler(Sampler[int]):
         p = _probabilities(np.asarray(self.weights, dtype=np.float64))
         if not self.replacement:
             _check_enough_weights(p, self.num_samples)
-        rng = self._source.numpy()
-        draws = rng.choice(len(p), size=self.num_samples, replace=self.replacement, p=p)
-        yield from draws.tolist()
+        yield from self._passes(lambda rng: iter([
+            rng.choice(len(p), size=self.num_samples, replace=self.replacement, p=p).tolist()]))
+
+    def _resume_config(self) -> dict:
+        return {"num_samples": self.num_samples, "replacement": self.replacement,
+                "weights": len(self.weights)}
 
     def __len__(self) -> int:
         return self.num_samples
@@ -220,7 +322,7 @@ def _check_enough_weights(p: np.ndarray, num_samples: int) -> None:
 _END = object()  # pads the last batch inside zip_longest; never a real index
 
 
-class BatchSampler(Sampler[list[int]]):
+class BatchSampler(_Resumable, Sampler[list[int]]):
     """Groups the indices of ``sampler`` (any iterable) into lists of ``batch_size``.
 
     The last, shorter batch is kept unless ``drop_last``. ``len()`` needs ``len(sampler)``.
@@ -258,3 +360,23 @@ class BatchSampler(Sampler[list[int]]):
         if self.drop_last:
             return len(self.sampler) // self.batch_size
         return (len(self.sampler) + self.batch_size - 1) // self.batch_size
+
+    # The resume protocol for a BatchSampler over one of our samplers: a batch position
+    # is ``batch_size`` items of the inner sampler (loader/_sampler_state.py checks
+    # that the inner sampler is ours before using these).
+
+    def _resume_config(self) -> dict:
+        return {"batch_size": self.batch_size, "drop_last": self.drop_last}
+
+    def _resume_state(self, current: bool) -> dict | None:
+        inner = self.sampler._resume_state(current)
+        if inner is None:
+            return None
+        return {"config": self._resume_config(), "sampler": inner}
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+        self.sampler._resume_restore(state["sampler"])
+
+    def _resume_replay(self, state: dict, skip: int) -> None:
+        self.sampler._resume_replay(state["sampler"], skip * self.batch_size)

@@ -36,8 +36,8 @@ from loader.ipc.arena import SlotWriter
 from loader.ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import make_fetcher
-from loader.workers.seeding import seed_worker
+from loader.workers.fetch import end_state, load_dataset_state, make_fetcher
+from loader.workers.seeding import BatchSeeder, seed_worker
 from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
@@ -67,16 +67,32 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    seeding: str = "per_worker"  # or "per_batch" (workers/seeding.py)
+    seed_epoch: int = 0  # the loader's epoch, for per-batch seeds
+    snapshot_every: int = 0  # take the replica's resume entry every N batches (0: never)
+    restore: Any = None  # where this worker's replica starts (loader/state.py)
 
 
 class _Epoch:
-    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
+    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure.
 
-    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool) -> None:
+    A ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the last epoch
+    left it) is loaded before seeding, as that dataset was when its worker was reseeded;
+    any other (a position inside the epoch) after ``worker_init_fn``, where it was taken.
+    """
+
+    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
+                 seed_epoch: int = 0, restore: Any = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
         self.init_error: Failure | None = None
+        if restore is not None and restore.get("epoch_start"):
+            try:
+                load_dataset_state(spec.dataset, restore.get("entry"), copy_state=False)
+            except Exception as exc:
+                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+            restore = None
         seed, rng = seed_worker(base_seed, spec.worker_id)
         _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
                                     dataset=spec.dataset, rng=rng, epoch=epoch))
@@ -85,10 +101,14 @@ class _Epoch:
                 spec.worker_init_fn(spec.worker_id)
             except Exception as exc:  # reported as the reply to this epoch's first task
                 self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+        seeder = BatchSeeder(base_seed, seed_epoch, rng, keep_user_state=False) \
+            if spec.seeding == "per_batch" else None
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last)
-        except Exception as exc:  # an IterableDataset's __iter__ raised
+                                        spec.collate_fn, spec.drop_last, seeder=seeder,
+                                        every=spec.snapshot_every, worker_id=spec.worker_id,
+                                        restore=restore)
+        except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
             self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
 
 
@@ -128,7 +148,8 @@ class _Worker:
         self.poller.register(self.tasks, zmq.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True)
+        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True,
+                            seed_epoch=spec.seed_epoch, restore=spec.restore)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -176,7 +197,8 @@ class _Worker:
                 continue  # only releases arrived
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
+                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False,
+                                    seed_epoch=item.seed_epoch, restore=item.restore)
             else:
                 self.serve(item)
 
@@ -200,7 +222,7 @@ class _Worker:
         previous = collate.use_allocator(writer.alloc)
         cpu0 = thread_time()
         try:
-            batch = state.fetcher.fetch(task.indices)
+            batch = state.fetcher.fetch(task.indices, task.batch_id)
             t0 = perf_counter()
             kind, payload, spans = codec.encode(batch, writer)
             encode_s = perf_counter() - t0
@@ -211,7 +233,7 @@ class _Worker:
                 self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
                 return
             state.ended = True
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+            self.send(IterEnd(task.epoch, task.batch_id, wid, self.end_state()))
             return
         except Exception as exc:
             self.release_unused(slot)
@@ -225,12 +247,20 @@ class _Worker:
             slot, size = -1, 0
         fetcher = state.fetcher
         timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
+        entry = fetcher.state
         if kind == codec.LAYOUT:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
-                             payload))
+                             payload, entry))
         else:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing),
-                      payload)
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
+                             None, entry), payload)
+
+    def end_state(self) -> Any:
+        """The Stateful dataset's state as its ended replica leaves it (None otherwise)."""
+        try:
+            return end_state(self.spec.dataset)
+        except Exception:  # reported nowhere better: the next epoch restarts it fresh
+            return None
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()

@@ -74,7 +74,8 @@ class WorkerPool:
     def __init__(self, *, num_workers: int, context: Any, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
-                 thread_limit: int | None) -> None:
+                 thread_limit: int | None, seeding: str = "per_worker", seed_epoch: int = 0,
+                 snapshot_every: int = 0, restore: list | None = None) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
@@ -100,7 +101,10 @@ class WorkerPool:
         self._slots = slots_per_worker
         self._spec = dict(dataset=dataset, iterable=iterable, auto_collation=auto_collation,
                           collate_fn=collate_fn, drop_last=drop_last,
-                          worker_init_fn=worker_init_fn, thread_limit=thread_limit)
+                          worker_init_fn=worker_init_fn, thread_limit=thread_limit,
+                          seeding=seeding, snapshot_every=snapshot_every)
+        self._seed_epoch = seed_epoch
+        self._restore = restore or []
         _LIVE_POOLS.add(self)
         try:
             check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
@@ -112,6 +116,7 @@ class WorkerPool:
                 check_picklable(dataset=dataset, collate_fn=collate_fn,
                                 worker_init_fn=worker_init_fn)
             self.add_workers(num_workers, epoch=0, base_seed=base_seed)
+            self._restore = []  # only the first workers start from a resume state
         except BaseException:
             self.shutdown()
             raise
@@ -143,7 +148,8 @@ class WorkerPool:
                 task_address=f"{self._run}-task-{k}", result_address=f"{self._run}-results",
                 main_pid=os.getpid(), slot_fds=list(arena.fds), fds_inherited=self._inherited,
                 close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
-                dump_fd=dump_fd, **self._spec)
+                dump_fd=dump_fd, seed_epoch=self._seed_epoch,
+                restore=self._restore[k] if k < len(self._restore) else None, **self._spec)
             process = self._context.Process(target=worker_main, args=(spec,), daemon=True,
                                             name=f"loader-worker-{k}")
             self._processes.append(process)
@@ -211,8 +217,10 @@ class WorkerPool:
     def _send(self, worker_id: int, message: Any) -> None:
         self._tasks[worker_id].send(pack(message))
 
-    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
-        self._send(worker_id, Resume(epoch, base_seed))
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
+                  restore: Any = None) -> None:
+        self._seed_epoch = seed_epoch  # workers added later in this epoch seed alike
+        self._send(worker_id, Resume(epoch, base_seed, seed_epoch, restore))
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         """Queue a task for ``worker_id``, carrying the slots released to it so far."""

@@ -5,6 +5,10 @@ The main process draws ``base_seed`` from the loader's generator at every epoch.
 RNG with :func:`generate_state` (torch's ``_generate_state``: a SeedSequence hash, so the
 ``random`` and numpy streams do not collide), and gets a private
 ``numpy.random.Generator`` as ``get_worker_info().rng``.
+
+``seeding="per_batch"`` (:class:`BatchSeeder`) reseeds all of these before every batch
+from (base seed, epoch, the batch's key) instead, so a batch's randomness no longer
+depends on which worker made it, or on how many batches that worker made before.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import sys
 
 import numpy as np
 
-__all__ = ["generate_state", "seed_worker", "warm_before_fork"]
+__all__ = ["BatchSeeder", "SEEDINGS", "generate_state", "seed_worker", "warm_before_fork"]
 
 _MASK32 = 0xFFFFFFFF
+_MASK63 = (1 << 63) - 1  # torch.manual_seed takes a non-negative int64
+SEEDINGS = ("per_worker", "per_batch")  # the values DataLoader(seeding=...) accepts
 
 
 def generate_state(base_seed: int, worker_id: int) -> np.ndarray:
@@ -50,3 +56,47 @@ def seed_worker(base_seed: int, worker_id: int) -> tuple[int, np.random.Generato
         torch.manual_seed(seed)
     rng = np.random.default_rng(np.random.SeedSequence(list(state), spawn_key=(1,)))
     return seed, rng
+
+
+class BatchSeeder:
+    """``seeding="per_batch"``: before each batch, seed ``random``, numpy's global RNG,
+    torch's (when imported) and the worker's ``rng`` from ``(base_seed, epoch, key)``.
+
+    ``key`` names the batch: ``(0, position)`` for a map-style dataset (its place in the
+    sampler's order, the same for any worker count), ``(1, worker_id, n)`` for the n-th
+    batch of an iterable dataset's replica. With ``keep_user_state`` (the main process,
+    ``num_workers=0``) the global RNGs are put back after the batch, so the user's own
+    random streams do not move.
+    """
+
+    __slots__ = ("_base", "_epoch", "_rng", "_keep", "_saved")
+
+    def __init__(self, base_seed: int, epoch: int, rng: np.random.Generator | None,
+                 keep_user_state: bool) -> None:
+        self._base, self._epoch, self._rng = base_seed, epoch, rng
+        self._keep = keep_user_state
+        self._saved = None
+
+    def before(self, key: tuple) -> None:
+        torch = sys.modules.get("torch")
+        if self._keep:
+            self._saved = (random.getstate(), np.random.get_state(),
+                           torch.get_rng_state() if torch is not None else None)
+        entropy = [self._base, self._epoch, *key]
+        words = np.random.SeedSequence(entropy).generate_state(8, np.uint32).tolist()
+        np.random.seed(words[:4])
+        random.seed(words[4] | words[5] << 32)
+        if torch is not None:
+            torch.manual_seed((words[6] | words[7] << 32) & _MASK63)
+        if self._rng is not None:
+            fresh = np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(1,)))
+            self._rng.bit_generator.state = fresh.state
+
+    def after(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        if saved[2] is not None:
+            sys.modules["torch"].set_rng_state(saved[2])
