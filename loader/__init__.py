@@ -6,7 +6,7 @@ numpy arrays, or torch tensors when torch is in use (see ``DataLoader(output=...
 """
 
 from loader.collate import default_collate, default_collate_fn_map, default_convert
-from loader.dataloader import DataLoader
+from loader.dataloader import DataLoader, StatefulDataLoader
 from loader.dataset import (
     ChainDataset,
     ConcatDataset,
@@ -27,6 +27,7 @@ from loader.sampler import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from loader.state import Stateful
 from loader.stats import LoaderStats
 from loader.tune import TuneResult, tune_num_workers
 from loader.worker_info import WorkerInfo, get_worker_info
@@ -43,6 +44,8 @@ __all__ = [
     "Sampler",
     "SequentialSampler",
     "StackDataset",
+    "Stateful",
+    "StatefulDataLoader",
     "Subset",
     "SubsetRandomSampler",
     "TensorDataset",
