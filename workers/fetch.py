@@ -223,7 +223,7 @@ def make_fetcher(iterable: bool, dataset: Any, auto_collation: bool,
             inner._ended = bool(entry.get("ended"))
     if seeder is None and not every and not restore and not track:
         return inner
-    first = entry["at"] if entry is not None else 0
+    first = entry.get("at", 0) if entry is not None else 0
     tracked = TrackedFetcher(inner, dataset, iterable, seeder, every, worker_id, first)
     if restore and restore.get("discard"):
         try:
