@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["format_table", "write_json", "write_plot"]
+__all__ = ["format_table", "state_overheads", "write_json", "write_plot"]
 
 _NOTE_WIDTH = 48  # characters of an error message shown in the table; the JSON has all
 _BUSY_NOTE_CORES = 0.25  # other processes' CPU (in cores) during a row's timed loops above
@@ -69,6 +69,25 @@ def _display(row: dict) -> dict:
     return shown
 
 
+def state_overheads(rows: list[dict]) -> list[dict]:
+    """What calling ``state_dict()`` after every batch costs each loader: its ``-state``
+    row against its plain row in the same cell (same reps, interleaved)."""
+    by_key = {(r["workload"], r["loader"], r["num_workers"]): r for r in rows}
+    out = []
+    for (workload, name, workers), probe in sorted(by_key.items()):
+        if not name.endswith("-state"):
+            continue
+        base = by_key.get((workload, name[: -len("-state")], workers))
+        if not base or not base.get("samples_per_s") or not probe.get("samples_per_s"):
+            continue
+        cpu = (probe.get("main_cpu_us_per_batch") or 0) - (base.get("main_cpu_us_per_batch") or 0)
+        out.append({"workload": workload, "loader": base["loader"], "num_workers": workers,
+                    "slowdown_pct": (1 - probe["samples_per_s"] / base["samples_per_s"]) * 100,
+                    "main_cpu_us_per_batch": cpu,
+                    "spread_pct": max(base.get("spread_pct") or 0, probe.get("spread_pct") or 0)})
+    return out
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None or value == "":
         return "-" if fmt != "{}" else ""
@@ -96,6 +115,14 @@ def format_table(result: dict) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    overheads = state_overheads(result["rows"])
+    if overheads:
+        lines += ["", "state_dict() after every batch (each -state row against its plain row):"]
+        for o in overheads:
+            lines.append(f"  {o['workload']} w={o['num_workers']} {o['loader']}: "
+                         f"{o['slowdown_pct']:+.1f}% time per sample, "
+                         f"{o['main_cpu_us_per_batch']:+.1f} µs main CPU per batch "
+                         f"(reps spread up to {o['spread_pct']:.0f}%)")
     kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
     lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS"), ""]
     lines += [f"note: {n}" for n in result.get("notes", [])]

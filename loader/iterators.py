@@ -73,6 +73,7 @@ class BaseIter:
         self._index_pos = ep.low  # position of the index drawn last
         self._skip = set(ep.above)  # positions handed out already (in_order=False)
         self._first_draw = fresh_pass
+        ep.pass_begun = not fresh_pass
         self._stateful_sampler = ledger.track.kind == "stateful"
         self._draw_hooks = fresh_pass or bool(self._skip) or self._stateful_sampler
         self._num_yielded = ep.low
@@ -116,6 +117,7 @@ class BaseIter:
             if first:
                 self._first_draw = False
                 track.after_first_draw(ep)
+                ep.pass_begun = True
             pos = self._draw_pos
             self._draw_pos = pos + 1
             if self._stateful_sampler:

@@ -76,7 +76,8 @@ class Progress:
 
     __slots__ = ("epoch", "base_seed", "source_before", "low", "above", "finished",
                  "last_worker", "sampler_pass", "snaps", "chain", "torch_rng",
-                 "entries", "handed", "ends", "inline", "track")
+                 "entries", "handed", "ends", "inline", "track", "fingerprint",
+                 "pass_begun", "template")
 
     def __init__(self, epoch: int, track: SamplerTrack) -> None:
         self.epoch = epoch
@@ -95,6 +96,9 @@ class Progress:
         self.handed: list[int] | None = None  # per worker: batches handed out
         self.ends: list | None = None  # per worker: what its ended replica left
         self.inline = None  # num_workers=0: the fetcher, asked when a state is taken
+        self.fingerprint: dict | None = None  # the loader's, taken once per epoch
+        self.pass_begun = False  # the sampler drew this pass's first batch
+        self.template: dict | None = None  # the state's fields that stay for the epoch
 
     def hand_out(self, position: int, worker: int, entry: Any = None,
                  made: bool = True) -> None:
@@ -145,6 +149,7 @@ class Ledger:
         self.iterable = loader._dataset_kind_iterable
         self.every = int(loader.snapshot_every_n_steps or 0)
         self.track = SamplerTrack(loader._index_sampler, self.iterable, self.every)
+        self.sampler_name = describe(loader._index_sampler)  # samplers are frozen
         # per-worker entries: an IterableDataset's replicas, or a Stateful map dataset
         self.per_worker = self.iterable or is_stateful(loader.dataset)
         self.progress: Progress | None = None
@@ -241,13 +246,33 @@ class Ledger:
             return self._assemble(ep.epoch, True, True, ep.low, [], ep.base_seed,
                                   source.state(), track.state(ep, True),
                                   self._next_epoch_workers(ep), -1)
-        return self._assemble(ep.epoch, True, False, ep.low, sorted(ep.above), ep.base_seed,
-                              ep.source_before, track.state(ep, False),
-                              self._mid_workers(ep), ep.last_worker)
+        template = ep.template
+        if template is not None:  # the common case, called after every batch: O(1)
+            state = template.copy()
+            state["position"] = ep.low
+            state["delivered"] = sorted(ep.above) if ep.above else []
+            state["fingerprint"] = template["fingerprint"].copy()
+            if ep.last_worker >= 0:
+                state["next_worker"] = (ep.last_worker + 1) % self.streams()
+            if ep.handed is not None:
+                state["workers"] = self._mid_workers(ep)
+            return state
+        state = self._assemble(ep.epoch, True, False, ep.low, sorted(ep.above), ep.base_seed,
+                               ep.source_before, track.state(ep, False),
+                               self._mid_workers(ep), ep.last_worker)
+        if ep.pass_begun and track.kind != "stateful":  # its sampler part changes
+            ep.template = state.copy()
+        return state
 
     def _assemble(self, epoch, started, finished, position, delivered, base_seed, generator,
                   sampler, workers, last_worker) -> dict:
-        loader = self.loader
+        loader, ep = self.loader, self.progress
+        if ep is None:
+            fingerprint = self.fingerprint()
+        else:
+            if ep.fingerprint is None:
+                ep.fingerprint = self.fingerprint()
+            fingerprint = dict(ep.fingerprint)
         return {
             "version": STATE_VERSION, "kind": "iterable" if self.iterable else "map",
             "epoch": epoch, "started": started, "finished": finished, "position": position,
@@ -255,7 +280,7 @@ class Ledger:
             "sampler": sampler, "workers": workers,
             "next_worker": (last_worker + 1) % self.streams() if last_worker >= 0 else 0,
             "num_workers": loader.num_workers, "seeding": loader.seeding,
-            "fingerprint": self.fingerprint(),
+            "fingerprint": fingerprint,
         }
 
     def fingerprint(self) -> dict:
@@ -263,7 +288,7 @@ class Ledger:
         return {
             "dataset_length": None if self.iterable else _length(loader.dataset),
             "batch_size": loader.batch_size, "drop_last": loader.drop_last,
-            "sampler": describe(loader._index_sampler),
+            "sampler": self.sampler_name,
             "sampler_length": None if self.iterable else _length(loader._index_sampler),
             "generator": loader._seed_source.kind,
         }

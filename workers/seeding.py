@@ -65,8 +65,9 @@ class BatchSeeder:
     ``key`` names the batch: ``(0, position)`` for a map-style dataset (its place in the
     sampler's order, the same for any worker count), ``(1, worker_id, n)`` for the n-th
     batch of an iterable dataset's replica. With ``keep_user_state`` (the main process,
-    ``num_workers=0``) the global RNGs are put back after the batch, so the user's own
-    random streams do not move.
+    ``num_workers=0``) the CPU global RNGs are put back after the batch, so the user's
+    own random streams do not move (CUDA's generators are seeded where CUDA is already
+    initialized, never saved).
     """
 
     __slots__ = ("_base", "_epoch", "_rng", "_keep", "_saved")
@@ -87,7 +88,12 @@ class BatchSeeder:
         np.random.seed(words[:4])
         random.seed(words[4] | words[5] << 32)
         if torch is not None:
-            torch.manual_seed((words[6] | words[7] << 32) & _MASK63)
+            seed = (words[6] | words[7] << 32) & _MASK63
+            # the CPU generator directly: torch.manual_seed's device checks cost ~50x more
+            torch.default_generator.manual_seed(seed)
+            cuda = getattr(torch, "cuda", None)
+            if cuda is not None and cuda.is_initialized():
+                cuda.manual_seed_all(seed)
         if self._rng is not None:
             fresh = np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=(1,)))
             self._rng.bit_generator.state = fresh.state
