@@ -202,6 +202,7 @@ class MultiProcessIter(BaseIter):
                 if info is not None and (info.arrived or self._workers_status[info.worker_id]):
                     break
                 self._task_info.pop(self._rcvd_idx, None)
+                self._progress.consume(self._rcvd_idx)  # its replica ended: never handed out
                 self._rcvd_idx += 1
             else:
                 if not self._persistent:

@@ -237,12 +237,17 @@ class SamplerTrack:
         if part is None or kind in ("none", "own"):
             return it
         todo = skip - part["at"] if kind == "stateful" else skip
-        saved = restore_torch_global(part.get("torch_rng")) if kind == "replay" else None
+        saved = None
+        if kind == "replay":
+            self.before_first_draw(ep)  # a state taken before the first draw had none
+            saved = restore_torch_global(ep.torch_rng)
         try:
             first = next(it, _END)
         finally:
             if saved is not None:
                 restore_torch_global(saved)
+        if kind == "replay":
+            self.after_first_draw(ep)
         if first is _END:
             return it
         if todo <= 0:

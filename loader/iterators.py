@@ -76,7 +76,9 @@ class BaseIter:
         ep.pass_begun = not fresh_pass
         self._stateful_sampler = ledger.track.kind == "stateful"
         self._draw_hooks = fresh_pass or bool(self._skip) or self._stateful_sampler
-        self._num_yielded = ep.low
+        # batches handed out so far this epoch (an iterable's positions also count the
+        # tasks its ended replicas never answered)
+        self._num_yielded = sum(ep.handed) if self._iterable and ep.handed else ep.low
         self._restore = ledger.restore_for(plan, self._index_template)
         if self._restore:
             counts = [r["discard"] for r in self._restore

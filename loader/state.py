@@ -1,13 +1,13 @@
 """Mid-epoch resume: the state a loader hands out, and how a new loader picks it up.
 
 ```
- DataLoader.__iter__ ─▶ Progress (one per epoch, held by the loader)
-   start(): sampler opened (a recorded pass replayed, _sampler_state.py), base_seed
-   iterator, per batch handed out: hand_out(position, worker, entry)   (O(1))
-   StopIteration: finish()
- DataLoader.state_dict() ─▶ Progress.state(): a plain dict, built from what is kept
- DataLoader.load_state_dict(s) ─▶ check(s) (ValueError naming the field), restore the
-   generators and samplers, Plan ─▶ the next __iter__ starts its Progress from it
+ DataLoader.__iter__ ─▶ Ledger.begin(): a Progress (one per epoch; the loader keeps the last)
+   iterator: Ledger.start(): sampler opened (a recorded pass replayed: _sampler_state.py),
+             base_seed drawn; per batch handed out: Progress.hand_out(position, worker,
+             entry) (O(1)); StopIteration: Progress.finished
+ DataLoader.state_dict() ─▶ Ledger.state(): a plain dict, from what is kept ready
+ DataLoader.load_state_dict(s) ─▶ Ledger.load(): check_state (ValueError naming the
+   field), generators and samplers put back, a Plan ─▶ the next __iter__ starts from it
 ```
 
 - The state lives in the main process and describes the position after the last batch
@@ -39,7 +39,8 @@ from typing import Any, Protocol, runtime_checkable
 from loader._sampler_state import SamplerTrack, describe
 from loader.workers.fetch import end_state, is_stateful
 
-__all__ = ["STATE_VERSION", "Plan", "Progress", "Stateful", "check_state", "initial_state"]
+__all__ = ["STATE_VERSION", "Ledger", "Plan", "Progress", "Stateful", "check_state",
+           "warn_replay"]
 
 STATE_VERSION = 1  # bumped whenever a state written by this code cannot be read by older
 _FIELDS = ("version", "kind", "epoch", "started", "finished", "position", "delivered",
@@ -100,6 +101,13 @@ class Progress:
         self.pass_begun = False  # the sampler drew this pass's first batch
         self.template: dict | None = None  # the state's fields that stay for the epoch
 
+    def consume(self, position: int) -> None:
+        """``position`` will never be handed out (its replica had ended): pass over it."""
+        if position == self.low:
+            self.hand_out(position, self.last_worker, made=False)
+        elif position > self.low:
+            self.above.add(position)
+
     def hand_out(self, position: int, worker: int, entry: Any = None,
                  made: bool = True) -> None:
         """The batch at ``position`` (made by ``worker``, with its replica's ``entry``)
@@ -119,7 +127,7 @@ class Progress:
             self.above.add(position)
         self.last_worker = worker
         handed = self.handed
-        if handed is not None and made:
+        if handed is not None and made and worker >= 0:
             handed[worker] += 1
             if entry is not None:
                 self.entries[worker] = entry
