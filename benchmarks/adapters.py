@@ -174,5 +174,6 @@ def _registry() -> dict[str, Adapter]:
 ADAPTERS: dict[str, Adapter] = _registry()
 # ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy; the
 # -state probes run only on workloads that list them (tiny_state)
-DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl", "ours-state",
-                   "torchdata-state")
+# (each right after its loader, so that their reps run back to back)
+DEFAULT_LOADERS = ("ours", "ours-state", "torch", "torchdata", "torchdata-state", "grain",
+                   "spdl")

@@ -291,7 +291,7 @@ def run_suite(config: Config) -> dict:
     return {
         "meta": _meta(config, started, time.monotonic() - t0),
         "rows": rows,
-        "state_overhead": state_overheads(rows),
+        "state_overhead": state_overheads(rows, results),
         "runs": results,
         "notes": notes + [a.note for a in adapters],
         "leftover_pids": leftover,

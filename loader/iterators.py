@@ -66,7 +66,7 @@ class BaseIter:
         """Open this epoch (``DataLoader.__iter__`` made its Progress): the sampler,
         positioned where a loaded state left it, and ``base_seed``."""
         ledger = self._ledger
-        self._progress, self._plan = ep, plan = ledger.opening
+        self._progress, self._plan = ep, plan = ledger.take_opening()
         self._sampler_iter, self._base_seed, fresh_pass = \
             ledger.start(ep, plan, self._seed_source)
         self._draw_pos = ep.low  # position of the next index drawn

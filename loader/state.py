@@ -192,6 +192,15 @@ class Ledger:
         self.opening = (ep, plan)
         return ep
 
+    def take_opening(self) -> tuple[Progress, Plan | None]:
+        """The epoch the next iterator runs: the one ``begin`` opened, once (an iterator
+        made without ``DataLoader.__iter__`` opens its own)."""
+        opening, self.opening = self.opening, None
+        if opening is None:
+            self.begin()
+            opening, self.opening = self.opening, None
+        return opening
+
     def start(self, ep: Progress, plan: Plan | None,
               seed_source: Any) -> tuple[Any, int, bool]:
         """Open the sampler and draw ``base_seed`` for epoch ``ep``, in torch's order
