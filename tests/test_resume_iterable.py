@@ -297,3 +297,31 @@ def test_stateful_map_dataset_needs_the_same_worker_count():
 def test_auto_workers_stay_fixed_for_per_worker_state():
     dl = DataLoader(StatefulStream([10, 10]), num_workers="auto", collate_fn=identity)
     assert dl._autotuner.settled  # never resized
+
+
+# ---------------------------------------------------------------- a real Stateful dataset
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_hugging_face_iterable_dataset(num_workers):
+    """torchdata's test_hugging_face: HF datasets' IterableDataset is Stateful (its
+    state_dict says which shard and example it is at); the resume asks it, per worker,
+    and yields exactly the rest, without replaying."""
+    import datasets  # in the test extra
+
+    def make():
+        ds = datasets.Dataset.from_dict({"x": list(range(120))}).to_iterable_dataset(
+            num_shards=4)
+        return DataLoader(ds, batch_size=5, num_workers=num_workers)
+    dl = make()
+    it = iter(dl)
+    for _ in range(7):
+        next(it)
+    state = dl.state_dict()
+    rest = [b["x"].tolist() for b in it]
+    resumed = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fast-forward warning
+        resumed.load_state_dict(json_round_trip(state))
+        assert [b["x"].tolist() for b in resumed] == rest
+    assert all(w["entry"] and w["entry"]["dataset"] for w in state["workers"])
