@@ -120,10 +120,9 @@ class SamplerTrack:
     def after_first_draw(self, ep: Any) -> None:
         if self.kind == "own":
             ep.sampler_pass = self.sampler._resume_state(False)
-        elif self.kind == "replay":
-            for i, s in enumerate(self.chain):
-                if _is_own(s):
-                    ep.chain[i] = {"own": s._resume_state(False)}
+        elif self.kind == "replay":  # a new list: states handed out keep the old one
+            ep.chain = [{"own": s._resume_state(False)} if _is_own(s) else entry
+                        for s, entry in zip(self.chain, ep.chain)]
 
     def drawn(self, ep: Any, count: int) -> None:
         """``count`` batches of this pass have been drawn (stateful samplers only)."""
@@ -213,7 +212,7 @@ class SamplerTrack:
             self.subject.load_state_dict(copy.deepcopy(part["state"]))
             ep.snaps = deque([(part["at"], part["state"])])
         elif kind == "replay":
-            ep.chain, ep.torch_rng = part["chain"], part.get("torch_rng")
+            ep.chain, ep.torch_rng = list(part["chain"]), part.get("torch_rng")
             for s, entry in zip(self.chain, part["chain"]):
                 if "own" in entry:
                     s._resume_replay(entry["own"], 0)
