@@ -565,3 +565,23 @@ def test_state_dict_is_a_small_constant():
     for _ in range(500):
         next(it)
     assert len(json.dumps(dl.state_dict())) <= small + 3  # the position's digits
+
+
+@pytest.mark.parametrize("before,after", [(2, 0), (0, 2)])
+def test_global_rng_checkpointed_with_the_state(before, after):
+    """No generator: shuffles draw from torch's global RNG, as in torch. A checkpoint
+    that also saves that RNG (as Lightning and accelerate do) resumes the later epochs
+    exactly: the resume itself draws nothing from it."""
+    import torch
+    torch.manual_seed(0)
+    dl = _loader(num_workers=before, batch_size=4, shuffle=True)
+    it = iter(dl)
+    for _ in range(6):
+        next(it)
+    state, rng = dl.state_dict(), torch.get_rng_state()
+    expected = list(it) + list(dl) + list(dl)
+    torch.manual_seed(123)  # the new process starts elsewhere...
+    resumed = _loader(num_workers=after, batch_size=4, shuffle=True)
+    resumed.load_state_dict(json_round_trip(state))
+    torch.set_rng_state(rng)  # ...and the checkpoint puts the RNG back
+    assert list(resumed) + list(resumed) + list(resumed) == expected
