@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from typing import Any, Protocol, runtime_checkable
 
 from loader._sampler_state import SamplerTrack, describe
@@ -78,7 +79,7 @@ class Progress:
     __slots__ = ("epoch", "base_seed", "source_before", "low", "above", "finished",
                  "last_worker", "sampler_pass", "snaps", "chain", "torch_rng",
                  "entries", "handed", "ends", "inline", "track", "fingerprint",
-                 "pass_begun", "template")
+                 "pass_begun", "template", "streams")
 
     def __init__(self, epoch: int, track: SamplerTrack) -> None:
         self.epoch = epoch
@@ -100,6 +101,7 @@ class Progress:
         self.fingerprint: dict | None = None  # the loader's, taken once per epoch
         self.pass_begun = False  # the sampler drew this pass's first batch
         self.template: dict | None = None  # the state's fields that stay for the epoch
+        self.streams = 1  # replicas of this epoch: max(1, num_workers)
 
     def consume(self, position: int) -> None:
         """``position`` will never be handed out (its replica had ended): pass over it."""
@@ -153,7 +155,9 @@ class Ledger:
     """The resume side of one DataLoader: builds and reads its states."""
 
     def __init__(self, loader: Any) -> None:
-        self.loader = loader
+        # weak: the loader owns its ledger, and a cycle would keep a dropped loader (and
+        # its persistent workers) alive until the cycle collector runs
+        self._loader = weakref.ref(loader)
         self.iterable = loader._dataset_kind_iterable
         self.every = int(loader.snapshot_every_n_steps or 0)
         self.track = SamplerTrack(loader._index_sampler, self.iterable, self.every)
@@ -164,6 +168,10 @@ class Ledger:
         self.plan: Plan | None = None
         self.opening: tuple[Progress, Plan | None] | None = None  # for the next iterator
         self.epochs = 0  # epochs started so far
+
+    @property
+    def loader(self) -> Any:
+        return self._loader()
 
     @property
     def worker_every(self) -> int:
@@ -184,8 +192,9 @@ class Ledger:
         epoch = self.epochs if plan is None else plan.epoch
         self.epochs = epoch + 1
         ep = Progress(epoch, self.track)
+        ep.streams = self.streams()
         if self.per_worker:
-            n = self.streams()
+            n = ep.streams
             ep.entries, ep.handed = [None] * n, [0] * n
             ep.ends = [None] * n if self.iterable else None
         self.progress = ep
@@ -252,6 +261,17 @@ class Ledger:
 
     def state(self) -> dict:
         """The loader's state now (see the module docstring)."""
+        ep = self.progress
+        if ep is not None and ep.template is not None and self.plan is None \
+                and not ep.finished:  # the common case, called after every batch: O(1)
+            state = ep.template.copy()
+            state["position"] = ep.low
+            state["delivered"] = sorted(ep.above) if ep.above else []
+            if ep.last_worker >= 0:
+                state["next_worker"] = (ep.last_worker + 1) % ep.streams
+            if ep.handed is not None:
+                state["workers"] = self._mid_workers(ep)
+            return state
         if self.plan is not None:
             return copy.deepcopy(self.plan.state)  # loaded and not yet used: that state
         loader, ep, track = self.loader, self.progress, self.track
@@ -263,17 +283,6 @@ class Ledger:
             return self._assemble(ep.epoch, True, True, ep.low, [], ep.base_seed,
                                   source.state(), track.state(ep, True),
                                   self._next_epoch_workers(ep), -1)
-        template = ep.template
-        if template is not None:  # the common case, called after every batch: O(1)
-            state = template.copy()
-            state["position"] = ep.low
-            state["delivered"] = sorted(ep.above) if ep.above else []
-            state["fingerprint"] = template["fingerprint"].copy()
-            if ep.last_worker >= 0:
-                state["next_worker"] = (ep.last_worker + 1) % self.streams()
-            if ep.handed is not None:
-                state["workers"] = self._mid_workers(ep)
-            return state
         state = self._assemble(ep.epoch, True, False, ep.low, sorted(ep.above), ep.base_seed,
                                ep.source_before, track.state(ep, False),
                                self._mid_workers(ep), ep.last_worker)

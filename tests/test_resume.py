@@ -585,3 +585,30 @@ def test_global_rng_checkpointed_with_the_state(before, after):
     resumed.load_state_dict(json_round_trip(state))
     torch.set_rng_state(rng)  # ...and the checkpoint puts the RNG back
     assert list(resumed) + list(resumed) + list(resumed) == expected
+
+
+def test_a_dropped_loader_stops_its_workers_without_the_cycle_collector():
+    """The resume ledger refers to its loader weakly: no reference cycle keeps a loader
+    (and its persistent workers) alive after the user drops it."""
+    import gc
+    import time
+
+    import psutil
+    from helpers import wait_gone
+    gc.disable()
+    try:
+        dl = _loader(num_workers=2, persistent_workers=True, batch_size=4)
+        it = iter(dl)
+        next(it)
+        dl.state_dict()
+        pids = dl._iterator.worker_pids
+        del it, dl
+        deadline = time.monotonic() + 10
+        while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                  for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if psutil.pid_exists(p)
+                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    finally:
+        gc.enable()
+    assert wait_gone(pids)
