@@ -18,7 +18,7 @@ from loader.dataset import (
     random_split,
 )
 from loader.distributed import DistributedSampler
-from loader.errors import WorkerError
+from loader.errors import StallWarning, WorkerError
 from loader.sampler import (
     BatchSampler,
     RandomSampler,
@@ -43,6 +43,7 @@ __all__ = [
     "Sampler",
     "SequentialSampler",
     "StackDataset",
+    "StallWarning",
     "Subset",
     "SubsetRandomSampler",
     "TensorDataset",

@@ -13,17 +13,24 @@
 - Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
+- Self-healing (``loader/_healing.py``): a ``next()`` that waits ``stall_warning_s``
+  warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
+  stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
+  batch order, to its replacement; each reply is accepted once, so the epoch is unchanged.
 - Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
-  collection and on any worker death, through the backend's ``shutdown``.
+  collection and on any worker death not healed, through the backend's ``shutdown``.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from typing import Any
 
-from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
-from loader.ipc.messages import Failure, IterEnd, Result
+from loader._healing import Healer, StallWatch, annotate_stacks, shown
+from loader.errors import DataLoaderTimeoutError, StallWarning, WorkerError, rebuild_exception
+from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
 from loader.iterators import BaseIter
 from loader.workers.backend import WorkerBackend, make_backend
 
@@ -32,6 +39,9 @@ __all__ = ["MultiProcessIter"]
 _SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user holds while
 #                   asking for the next one, and one more, so steady loops never overflow
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
+_STALL_STACKLEVEL = 6  # warnings.warn -> _warn_stall -> _get_data -> _next_outcome ->
+#                        _next_data -> __next__ -> the user's loop
+_EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
 
 class _Pending:
@@ -57,6 +67,9 @@ class MultiProcessIter(BaseIter):
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
         self._autotune = loader._autotuner
         self._started_processes: list = []
+        self._heal = Healer(loader.worker_restarts, self._iterable)
+        self._watch = StallWatch(loader.stall_warning_s)
+        self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
         self._pool: WorkerBackend | None = None
         self._pool = make_backend(
             "local", num_workers=self._num_workers, context=loader._worker_context(),
@@ -65,7 +78,8 @@ class MultiProcessIter(BaseIter):
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
-            thread_limit=_THREAD_LIMIT)
+            thread_limit=_THREAD_LIMIT, on_error=loader.on_error,
+            track_state=self._heal.tracks_replicas)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork
@@ -102,6 +116,8 @@ class MultiProcessIter(BaseIter):
         self._workers_status = [k not in self._retired for k in range(n)]
         self._workers_num_tasks = [0] * n
         self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
+        self._heal.new_epoch()
+        self._notes.clear()
         if not first_iter:
             self._epoch += 1
             self._base_seed = self._seed_source.seed()
@@ -148,40 +164,147 @@ class MultiProcessIter(BaseIter):
         return self._tasks_outstanding, self._buffered
 
     def _get_data(self) -> tuple[Any, Any]:
-        timeout = self._timeout if self._timeout > 0 else None
         pool = self._pool
         blocked = pool.blocked_s
+        deadline = self._deadline()
         try:
-            message, batch = self._pool.receive(timeout)
-            if type(message) is Result:
-                self._recorder.worker_result(message.worker_id, message.timing)
-            return message, batch
-        except TimeoutError:
-            raise DataLoaderTimeoutError(self._timeout_text()) from None
-        except WorkerError:
-            self._shutdown()
-            raise
+            while True:
+                if self._watch.due():
+                    self._warn_stall()
+                try:
+                    message, batch = pool.receive(self._watch.wait_s(deadline))
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._on_timeout()  # raises, or kills the stuck worker to replace it
+                        deadline = self._deadline()
+                    continue
+                except WorkerError as exc:
+                    self._on_death(exc)  # raises, or replaced the worker
+                    deadline = self._deadline()
+                    continue
+                if type(message) is Result:
+                    self._recorder.worker_result(message.worker_id, message.timing)
+                return message, batch
         finally:
             self._waited += pool.blocked_s - blocked
 
+    def _deadline(self) -> float | None:
+        return time.monotonic() + self._timeout if self._timeout > 0 else None
+
+    def _waiting_for(self) -> tuple[int, _Pending] | None:
+        """The oldest batch not yet arrived (the one ``next()`` waits for, in order)."""
+        for batch_id, info in self._task_info.items():
+            if not info.arrived and self._workers_status[info.worker_id]:
+                return batch_id, info
+        return None
+
     def _timeout_text(self) -> str:
         text = f"DataLoader timed out after {self._timeout} seconds"
-        info = self._task_info.get(self._rcvd_idx)
-        if info is None or self._pool is None:
+        waiting = self._waiting_for()
+        if waiting is None or self._pool is None:
             return text
+        batch_id, info = waiting
         worker_id = info.worker_id
-        shown = repr(info.indices)
-        shown = shown if len(shown) <= 200 else shown[:200] + "...]"
-        text += (f"\nWaiting for batch {self._rcvd_idx} (indices {shown}) from worker "
+        text += (f"\nWaiting for batch {batch_id} (indices {shown(info.indices)}) from worker "
                  f"{worker_id} ({self._pool.describe(worker_id)}).")
         stacks = self._pool.stack_dump(worker_id)
         if stacks:
             text += f" Its stacks right now:\n{stacks}"
         return text
 
+    # ------------------------------------------------------------------ self-healing
+
+    def _warn_stall(self) -> None:
+        """Name the worker the current next() waits for, with its stacks; go on waiting."""
+        self._watch.warned()
+        waiting = self._waiting_for()
+        if waiting is None or self._pool is None:
+            return
+        batch_id, info = waiting
+        k = info.worker_id
+        self._recorder.stalled()
+        stacks = annotate_stacks(self._pool.stack_dump(k)) or "(its stacks could not be read)"
+        others = self._tasks_outstanding - 1
+        text = (f"DataLoader has waited {self._watch.threshold_s:g} s for a batch "
+                f"(stall_warning_s={self._watch.threshold_s:g}): batch {batch_id} (indices "
+                f"{shown(info.indices)}) is with worker {k} ({self._pool.describe(k)}), which "
+                f"is alive but has not delivered it; {others} other batches are outstanding. "
+                f"Worker {k}'s Python stacks right now:\n{stacks}\nThe loader keeps waiting. "
+                "timeout=<seconds> makes a stall an error (with worker_restarts=<n> the stuck "
+                "worker is replaced instead); stall_warning_s=0 turns this warning off.")
+        warnings.warn(StallWarning(text), stacklevel=_STALL_STACKLEVEL)
+
+    def _on_timeout(self) -> None:
+        """Past ``timeout`` with nothing received: kill the worker the loader waits for when
+        a restart is left (its death then replaces it), else torch's timeout error."""
+        waiting = self._waiting_for()
+        if waiting is None or not self._heal.can_restart():
+            text = self._timeout_text()
+            if self._heal.deaths:
+                text += f"\nWorker deaths this epoch:\n{self._heal.history()}"
+            raise DataLoaderTimeoutError(text)
+        k = waiting[1].worker_id
+        self._heal.killing(k, f"was stuck for {self._timeout:g} s (timeout) and was killed",
+                           self._pool.stack_dump(k))
+        self._pool.kill(k)
+
+    def _on_death(self, exc: WorkerError) -> None:
+        """A worker died: replace it and submit again what it owed, or shut down and raise."""
+        k = exc.worker_id
+        active = self._workers_status[k]
+        owed = [(b, info.indices) for b, info in self._task_info.items()
+                if info.worker_id == k and not info.arrived] if active else []
+        for batch_id, _ in owed:
+            self._notes.pop(batch_id, None)  # a note counts only with its reply
+        self._heal.record(k, exc.pid, exc.exitcode, owed)
+        if self._heal.restarts == 0:
+            self._shutdown()
+            raise exc  # torch's behaviour: the death ends the epoch
+        if len(self._heal.deaths) > self._heal.restarts:
+            self._shutdown()
+            raise WorkerError(self._heal.exhausted(str(exc), self._epoch), worker_id=k,
+                              pid=exc.pid, exitcode=exc.exitcode) from None
+        state = None
+        if self._iterable and active:
+            possible, state = self._heal.replica_state(k)
+            if not possible:
+                self._shutdown()
+                raise WorkerError(
+                    f"{exc}\nworker_restarts={self._heal.restarts} cannot replace it: "
+                    "restarting an IterableDataset worker needs a Stateful dataset "
+                    "(state_dict() and load_state_dict(), on the dataset or on the iterator "
+                    "it returns) so that the replacement goes on after the last batch "
+                    f"received, and {type(self._dataset).__name__} is not.", worker_id=k,
+                    pid=exc.pid, exitcode=exc.exitcode) from None
+        try:
+            self._pool.restart(k, self._epoch, self._base_seed, state)
+            for batch_id, indices in owed:
+                self._pool.submit(k, self._epoch, batch_id, indices)
+        except BaseException:
+            self._shutdown()
+            raise
+        self._recorder.restarted()
+        self._watch.begin()  # the replacement needs its start-up time before a stall counts
+
+    def _take_note(self, message: Any) -> None:
+        """A reply arrived: count the note that came before it (skips, replica position)."""
+        note = self._notes.pop(message.batch_id, None)
+        if note is not None and note.skipped:
+            self._recorder.skip(self._skip_items(message.worker_id, note.skipped))
+        if self._heal.tracks_replicas and type(message) in (Result, EmptyBatch):
+            self._heal.delivered(message.worker_id, note.state if note is not None else None)
+
     def _next_data(self) -> Any:
         if self._pool is None:
             raise StopIteration
+        self._watch.begin()
+        while True:
+            data = self._next_outcome()
+            if data is not _EMPTY:
+                return data
+
+    def _next_outcome(self) -> Any:
+        """The next batch in order (``_EMPTY`` for one whose every sample was skipped)."""
         while True:
             while self._rcvd_idx < self._send_idx:
                 info = self._task_info.get(self._rcvd_idx)
@@ -204,14 +327,19 @@ class MultiProcessIter(BaseIter):
             message, batch = self._get_data()
             if message.epoch != self._epoch:
                 continue  # a result of an abandoned epoch; its slot lease lapses with it
-            self._tasks_outstanding -= 1
             kind = type(message)
+            if kind is BatchNote:
+                self._notes[message.batch_id] = message
+                continue
+            self._tasks_outstanding -= 1
+            if self._notes or self._heal.tracks_replicas:
+                self._take_note(message)
             if kind is IterEnd:
                 self._workers_status[message.worker_id] = False
                 self._task_info.pop(message.batch_id, None)
                 self._try_put_index()
                 continue
-            outcome = batch if kind is Result else message
+            outcome = batch if kind is Result else _EMPTY if kind is EmptyBatch else message
             idx = message.batch_id
             if idx != self._rcvd_idx:
                 if self._in_order:

@@ -9,6 +9,7 @@ returns a :class:`~loader.iterators.SingleProcessIter` or, with workers, a
 from __future__ import annotations
 
 import math
+import numbers
 import multiprocessing as std_multiprocessing
 import os
 import warnings
@@ -24,6 +25,7 @@ from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
 from loader.sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
 from loader.stats import LoaderStats, Recorder
+from loader.workers.fetch import ON_ERROR
 
 __all__ = ["DataLoader"]
 
@@ -56,13 +58,36 @@ def _as_context(ctx: Any) -> Any:
     return multiprocess.get_context(ctx.get_start_method())
 
 
+def _check_healing(stall_warning_s: Any, worker_restarts: Any, on_error: Any,
+                   num_workers: int) -> None:
+    """Validate the self-healing arguments (ours; torch has none of them)."""
+    if isinstance(stall_warning_s, bool) or not isinstance(stall_warning_s, numbers.Real) \
+            or not 0 <= stall_warning_s < math.inf:
+        raise ValueError(
+            "stall_warning_s option should be a finite, non-negative number of seconds (0 "
+            f"turns the stall warning off), but got stall_warning_s={stall_warning_s!r}")
+    if isinstance(worker_restarts, bool) or not isinstance(worker_restarts, numbers.Integral) \
+            or worker_restarts < 0:
+        raise ValueError(
+            "worker_restarts option should be a non-negative integer (restarts allowed per "
+            f"epoch; 0 keeps torch's behaviour), but got worker_restarts={worker_restarts!r}")
+    if worker_restarts and num_workers == 0:
+        raise ValueError("worker_restarts option needs num_workers > 0")
+    if on_error not in ON_ERROR:
+        raise ValueError(
+            f"on_error option should be one of {ON_ERROR!r}, but got on_error={on_error!r}")
+
+
 class DataLoader(Generic[T_co]):
     """Combines a dataset and a sampler and iterates over batches, like torch's DataLoader.
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
     Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
-    and ``num_workers="auto"``, which sizes the pool from measurements
-    (``loader/autotune.py``).
+    ``num_workers="auto"``, which sizes the pool from measurements
+    (``loader/autotune.py``), and self-healing (``loader/_healing.py``):
+    ``stall_warning_s`` (warn with the stuck worker's stacks when a batch is that late; 0:
+    off), ``worker_restarts`` (replace up to that many dead or stuck workers per epoch) and
+    ``on_error="skip"`` (leave out samples whose fetch raises; ``stats().skipped``).
     """
 
     __initialized = False
@@ -88,6 +113,9 @@ class DataLoader(Generic[T_co]):
         pin_memory_device: str = "",
         in_order: bool = True,
         output: str | None = "auto",
+        stall_warning_s: float = 60,
+        worker_restarts: int = 0,
+        on_error: str = "raise",
     ) -> None:
         autotune = num_workers == "auto"
         if autotune:
@@ -111,6 +139,7 @@ class DataLoader(Generic[T_co]):
             raise ValueError("prefetch_factor option should be non-negative")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
+        _check_healing(stall_warning_s, worker_restarts, on_error, num_workers)
 
         self.dataset = dataset
         self.num_workers = num_workers
@@ -121,6 +150,9 @@ class DataLoader(Generic[T_co]):
         self.worker_init_fn = worker_init_fn
         self.multiprocessing_context = multiprocessing_context
         self.in_order = in_order
+        self.stall_warning_s = stall_warning_s
+        self.worker_restarts = worker_restarts
+        self.on_error = on_error
 
         self._dataset_kind_iterable = is_iterable_dataset(dataset)
         if self._dataset_kind_iterable:
