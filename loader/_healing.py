@@ -34,6 +34,7 @@ from loader.errors import exit_reason
 __all__ = ["Death", "Healer", "StallWatch", "annotate_stacks", "shown"]
 
 _MAX_INDEX_TEXT = 200  # characters of a batch's indices shown in a message
+_WORKER_ENTRY = "worker_main"  # workers/loop.py's entry point: the bottom frame worth showing
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
 
 
@@ -43,15 +44,24 @@ def shown(indices: Any) -> str:
 
 
 def annotate_stacks(dump: str) -> str:
-    """A faulthandler dump with each frame's source line below it, where it can be read."""
+    """A faulthandler dump with each frame's source line below it, where it can be read,
+    and without the frames below the worker's entry point (process start-up; after a fork
+    they are the main process's frames at the time of the fork, which mislead)."""
     out = []
+    below_entry = False
     for line in dump.splitlines():
-        out.append(line)
         match = _FRAME.search(line)
-        if match:
-            source = linecache.getline(match["file"], int(match["line"])).strip()
-            if source:
-                out.append(f"    {source}")
+        if match is None:
+            below_entry = False  # a new thread's header, or the end
+            out.append(line)
+            continue
+        if below_entry:
+            continue
+        out.append(line)
+        source = linecache.getline(match["file"], int(match["line"])).strip()
+        if source:
+            out.append(f"    {source}")
+        below_entry = match["func"] == _WORKER_ENTRY
     return "\n".join(out)
 
 

@@ -70,6 +70,7 @@ class MultiProcessIter(BaseIter):
         self._heal = Healer(loader.worker_restarts, self._iterable)
         self._watch = StallWatch(loader.stall_warning_s)
         self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
+        self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
         self._pool: WorkerBackend | None = None
         self._pool = make_backend(
             "local", num_workers=self._num_workers, context=loader._worker_context(),
@@ -118,6 +119,7 @@ class MultiProcessIter(BaseIter):
         self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
         self._heal.new_epoch()
         self._notes.clear()
+        self._skips.clear()
         if not first_iter:
             self._epoch += 1
             self._base_seed = self._seed_source.seed()
@@ -225,10 +227,11 @@ class MultiProcessIter(BaseIter):
         self._recorder.stalled()
         stacks = annotate_stacks(self._pool.stack_dump(k)) or "(its stacks could not be read)"
         others = self._tasks_outstanding - 1
+        others = f"{others} other batch{' is' if others == 1 else 'es are'} outstanding"
         text = (f"DataLoader has waited {self._watch.threshold_s:g} s for a batch "
                 f"(stall_warning_s={self._watch.threshold_s:g}): batch {batch_id} (indices "
                 f"{shown(info.indices)}) is with worker {k} ({self._pool.describe(k)}), which "
-                f"is alive but has not delivered it; {others} other batches are outstanding. "
+                f"is alive but has not delivered it; {others}. "
                 f"Worker {k}'s Python stacks right now:\n{stacks}\nThe loader keeps waiting. "
                 "timeout=<seconds> makes a stall an error (with worker_restarts=<n> the stuck "
                 "worker is replaced instead); stall_warning_s=0 turns this warning off.")
@@ -290,7 +293,10 @@ class MultiProcessIter(BaseIter):
         """A reply arrived: count the note that came before it (skips, replica position)."""
         note = self._notes.pop(message.batch_id, None)
         if note is not None and note.skipped:
-            self._recorder.skip(self._skip_items(message.worker_id, note.skipped))
+            if type(message) is IterEnd:  # no batch to hand out: count them now
+                self._recorder.skip(self._skip_items(message.worker_id, note.skipped))
+            else:
+                self._skips[message.batch_id] = note.skipped
         if self._heal.tracks_replicas and type(message) in (Result, EmptyBatch):
             self._heal.delivered(message.worker_id, note.state if note is not None else None)
 
@@ -322,7 +328,7 @@ class MultiProcessIter(BaseIter):
                 self._buffered -= 1
                 del self._task_info[self._rcvd_idx]
                 self._rcvd_idx += 1
-                return self._process(info.data, info.worker_id)
+                return self._process(info.data, info.worker_id, self._rcvd_idx - 1)
 
             message, batch = self._get_data()
             if message.epoch != self._epoch:
@@ -348,13 +354,17 @@ class MultiProcessIter(BaseIter):
                     self._buffered += 1
                     continue
                 del self._task_info[idx]
-                return self._process(outcome, message.worker_id)
+                return self._process(outcome, message.worker_id, idx)
             del self._task_info[idx]
             self._rcvd_idx += 1
-            return self._process(outcome, message.worker_id)
+            return self._process(outcome, message.worker_id, idx)
 
-    def _process(self, data: Any, worker_id: int) -> Any:
+    def _process(self, data: Any, worker_id: int, batch_id: int) -> Any:
         self._workers_num_tasks[worker_id] -= 1
+        if self._skips:
+            skipped = self._skips.pop(batch_id, None)
+            if skipped:  # counted as its batch is handed out, so in the order of the batches
+                self._recorder.skip(self._skip_items(worker_id, skipped))
         if worker_id in self._draining and not self._workers_num_tasks[worker_id]:
             self._draining.discard(worker_id)
             self._retired.add(worker_id)
