@@ -91,8 +91,14 @@ class StallWatch:
 
     def wait_s(self, deadline: float | None) -> float | None:
         """How long ``receive`` may block: until the warning or ``deadline``, if any."""
-        ends = [t for t in (self._due, deadline) if t is not None]
-        return max(0.0, min(ends) - time.monotonic()) if ends else None
+        due = self._due
+        if due is None:
+            if deadline is None:
+                return None
+            due = deadline
+        elif deadline is not None and deadline < due:
+            due = deadline
+        return max(0.0, due - time.monotonic())
 
 
 @dataclass
@@ -139,6 +145,10 @@ class Healer:
 
     def can_restart(self) -> bool:
         return len(self.deaths) < self.restarts
+
+    def kill_pending(self, worker_id: int) -> bool:
+        """The loader killed this worker and its death has not been reported yet."""
+        return worker_id in self._kills
 
     def killing(self, worker_id: int, why: str, stacks: str) -> None:
         """The loader is about to kill ``worker_id``; its death will be told this way."""

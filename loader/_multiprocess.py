@@ -241,8 +241,12 @@ class MultiProcessIter(BaseIter):
         """Past ``timeout`` with nothing received: kill the worker the loader waits for when
         a restart is left (its death then replaces it), else torch's timeout error."""
         waiting = self._waiting_for()
-        if waiting is None or not self._heal.can_restart():
+        killed = waiting is not None and self._heal.kill_pending(waiting[1].worker_id)
+        if waiting is None or killed or not self._heal.can_restart():
             text = self._timeout_text()
+            if killed:  # e.g. in uninterruptible I/O: SIGKILL waits for it to return
+                text += (f"\nIt was killed {self._timeout:g} s ago (it was stuck) and has "
+                         "not exited yet.")
             if self._heal.deaths:
                 text += f"\nWorker deaths this epoch:\n{self._heal.history()}"
             raise DataLoaderTimeoutError(text)

@@ -89,7 +89,7 @@ class BaseIter:
             self._skips_told = True
             warnings.warn(
                 f"DataLoader skipped {skipped} sample{'s' if skipped != 1 else ''} in epoch "
-                f"{self._recorder.epochs - 1} because fetching them raised (on_error='skip'); "
+                f"{self._recorder.epochs - 1} whose fetch raised (on_error='skip'); "
                 "stats().skipped lists each as (index, exception type, message).",
                 RuntimeWarning, stacklevel=3)
 

@@ -409,7 +409,7 @@ def test_skip_one_percent_bad_samples_epoch_completes():
                for i, kind, text in epoch["skipped"])
     assert indices(result) == [i for i in range(1000) if i not in bad]
     warned = [m for kind, m in result["warnings"] if kind == "RuntimeWarning"]
-    assert warned == ["DataLoader skipped 10 samples in epoch 0 because fetching them raised "
+    assert warned == ["DataLoader skipped 10 samples in epoch 0 whose fetch raised "
                       "(on_error='skip'); stats().skipped lists each as (index, exception "
                       "type, message)."]
 
