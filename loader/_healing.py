@@ -19,6 +19,8 @@
   whether one more restart is allowed (``worker_restarts`` per epoch, reset every epoch).
 - :class:`StallWatch` measures how long the current ``next()`` has waited; it warns once
   per ``next()`` when that passes ``stall_warning_s``. It never stops the loader.
+- :class:`HealingMixin` is the iterator's side of it: what ``MultiProcessIter`` does on a
+  stall, a timeout, a death and a ``BatchNote``.
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ from __future__ import annotations
 import linecache
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from loader.errors import exit_reason
+from loader.errors import DataLoaderTimeoutError, StallWarning, WorkerError, exit_reason
+from loader.ipc.messages import EmptyBatch, IterEnd, Result
 
-__all__ = ["Death", "Healer", "StallWatch", "annotate_stacks", "shown"]
+__all__ = ["Death", "Healer", "HealingMixin", "StallWatch", "annotate_stacks", "shown"]
+
+_STALL_STACKLEVEL = 6  # warnings.warn -> _warn_stall -> _get_data -> _next_outcome ->
+#                        _next_data -> __next__ -> the user's loop
 
 _MAX_INDEX_TEXT = 200  # characters of a batch's indices shown in a message
 _WORKER_ENTRY = "worker_main"  # workers/loop.py's entry point: the bottom frame worth showing
@@ -103,23 +110,27 @@ class StallWatch:
 
 @dataclass
 class Death:
-    """One worker death in an epoch: who, how, and what it owed (batch id, indices)."""
+    """One worker death in an epoch: who, how, what it owed (batch id, indices, in batch
+    order) and which of those it was fetching (None: between batches, or not known)."""
 
     worker_id: int
     pid: int | None
     how: str
     owed: list[tuple[int, Any]] = field(default_factory=list)
+    in_hand: tuple[int, Any] | None = None
 
     def describe(self, iterable: bool) -> str:
         text = f"worker {self.worker_id} (pid {self.pid}) {self.how}"
-        if not self.owed:
-            return text + " with no batch in hand"
-        batch_id, indices = self.owed[0]
+        if self.in_hand is None:
+            if not self.owed:
+                return text + " with no batch in hand"
+            return text + f" between batches, owing {len(self.owed)}"
+        batch_id, indices = self.in_hand
         text += f" while working on batch {batch_id}"
         if not iterable:
             text += f" (indices {shown(indices)})"
         if len(self.owed) > 1:
-            text += f"; {len(self.owed) - 1} more queued"
+            text += f"; {len(self.owed) - 1} more it owed went to its replacement"
         return text
 
 
@@ -156,9 +167,16 @@ class Healer:
         self._kills[worker_id] = why + (f", in {where}" if where else "")
 
     def record(self, worker_id: int, pid: int | None, exitcode: int | None,
-               owed: list[tuple[int, Any]]) -> Death:
+               owed: list[tuple[int, Any]], in_hand: int | None) -> Death:
+        """A death; ``in_hand``: the batch id it had started last (the backend's word),
+        or None when not known, in which case the oldest batch it owed stands in."""
         how = self._kills.pop(worker_id, None) or exit_reason(exitcode)
-        death = Death(worker_id, pid, how, owed)
+        owed_map = dict(owed)
+        if in_hand is None:
+            hand = owed[0] if owed else None
+        else:
+            hand = (in_hand, owed_map[in_hand]) if in_hand in owed_map else None
+        death = Death(worker_id, pid, how, owed, hand)
         self.deaths.append(death)
         return death
 
@@ -166,11 +184,11 @@ class Healer:
         """Every death of this epoch, numbered, and the indices they all had in hand."""
         lines = [f"  {n}. {d.describe(self.iterable)}" for n, d in enumerate(self.deaths, 1)]
         text = "\n".join(lines)
-        if not self.iterable and len(self.deaths) > 1 and all(d.owed for d in self.deaths):
+        if not self.iterable and len(self.deaths) > 1 and all(d.in_hand for d in self.deaths):
             try:
-                common = set(_as_list(self.deaths[0].owed[0][1]))
+                common = set(_as_list(self.deaths[0].in_hand[1]))
                 for d in self.deaths[1:]:
-                    common &= set(_as_list(d.owed[0][1]))
+                    common &= set(_as_list(d.in_hand[1]))
             except TypeError:  # unhashable keys: no common culprit to point at
                 common = set()
             if common:
@@ -207,3 +225,104 @@ def _as_list(indices: Any) -> list:
         return list(indices)
     except TypeError:
         return [indices]
+
+
+class HealingMixin:
+    """``MultiProcessIter``'s reactions to stalls, timeouts, deaths and batch notes.
+
+    It uses the iterator's ``_pool`` (a ``WorkerBackend``), ``_task_info`` (batch id ->
+    pending task, in batch order), ``_workers_status``, ``_tasks_outstanding``, ``_epoch``,
+    ``_base_seed``, ``_timeout``, ``_iterable``, ``_dataset``, ``_recorder``, ``_heal``
+    (:class:`Healer`), ``_watch`` (:class:`StallWatch`), ``_notes`` and ``_skips``, and its
+    methods ``_waiting_for()``, ``_timeout_text()``, ``_skip_items()`` and ``_shutdown()``.
+    """
+
+    def _warn_stall(self) -> None:
+        """Name the worker the current next() waits for, with its stacks; go on waiting."""
+        self._watch.warned()
+        waiting = self._waiting_for()
+        if waiting is None or self._pool is None:
+            return
+        batch_id, info = waiting
+        k = info.worker_id
+        self._recorder.stalled()
+        stacks = annotate_stacks(self._pool.stack_dump(k)) or "(its stacks could not be read)"
+        others = self._tasks_outstanding - 1
+        others = f"{others} other batch{' is' if others == 1 else 'es are'} outstanding"
+        text = (f"DataLoader has waited {self._watch.threshold_s:g} s for a batch "
+                f"(stall_warning_s={self._watch.threshold_s:g}): batch {batch_id} (indices "
+                f"{shown(info.indices)}) is with worker {k} ({self._pool.describe(k)}), which "
+                f"is alive but has not delivered it; {others}. "
+                f"Worker {k}'s Python stacks right now:\n{stacks}\nThe loader keeps waiting. "
+                "timeout=<seconds> makes a stall an error (with worker_restarts=<n> the stuck "
+                "worker is replaced instead); stall_warning_s=0 turns this warning off.")
+        warnings.warn(StallWarning(text), stacklevel=_STALL_STACKLEVEL)
+
+    def _on_timeout(self) -> None:
+        """Past ``timeout`` with nothing received: kill the worker the loader waits for when
+        a restart is left (its death then replaces it), else torch's timeout error."""
+        waiting = self._waiting_for()
+        killed = waiting is not None and self._heal.kill_pending(waiting[1].worker_id)
+        if waiting is None or killed or not self._heal.can_restart():
+            text = self._timeout_text()
+            if killed:  # e.g. in uninterruptible I/O: SIGKILL waits for it to return
+                text += (f"\nIt was killed {self._timeout:g} s ago (it was stuck) and has "
+                         "not exited yet.")
+            if self._heal.deaths:
+                text += f"\nWorker deaths this epoch:\n{self._heal.history()}"
+            raise DataLoaderTimeoutError(text)
+        k = waiting[1].worker_id
+        self._heal.killing(k, f"was stuck for {self._timeout:g} s (timeout) and was killed",
+                           self._pool.stack_dump(k))
+        self._pool.kill(k)
+
+    def _on_death(self, exc: WorkerError) -> None:
+        """A worker died: replace it and submit again what it owed, or shut down and raise."""
+        k = exc.worker_id
+        active = self._workers_status[k]
+        owed = [(b, info.indices) for b, info in self._task_info.items()
+                if info.worker_id == k and not info.arrived] if active else []
+        for batch_id, _ in owed:
+            self._notes.pop(batch_id, None)  # a note counts only with its reply
+        hand = self._pool.in_hand(k)
+        self._heal.record(k, exc.pid, exc.exitcode, owed,
+                          hand[1] if hand is not None and hand[0] == self._epoch else None)
+        if self._heal.restarts == 0:
+            self._shutdown()
+            raise exc  # torch's behaviour: the death ends the epoch
+        if len(self._heal.deaths) > self._heal.restarts:
+            self._shutdown()
+            raise WorkerError(self._heal.exhausted(str(exc), self._epoch), worker_id=k,
+                              pid=exc.pid, exitcode=exc.exitcode) from None
+        state = None
+        if self._iterable and active:
+            possible, state = self._heal.replica_state(k)
+            if not possible:
+                self._shutdown()
+                raise WorkerError(
+                    f"{exc}\nworker_restarts={self._heal.restarts} cannot replace it: "
+                    "restarting an IterableDataset worker needs a Stateful dataset "
+                    "(state_dict() and load_state_dict(), on the dataset or on the iterator "
+                    "it returns) so that the replacement goes on after the last batch "
+                    f"received, and {type(self._dataset).__name__} is not.", worker_id=k,
+                    pid=exc.pid, exitcode=exc.exitcode) from None
+        try:
+            self._pool.restart(k, self._epoch, self._base_seed, state)
+            for batch_id, indices in owed:
+                self._pool.submit(k, self._epoch, batch_id, indices)
+        except BaseException:
+            self._shutdown()
+            raise
+        self._recorder.restarted()
+        self._watch.begin()  # the replacement needs its start-up time before a stall counts
+
+    def _take_note(self, message: Any) -> None:
+        """A reply arrived: count the note that came before it (skips, replica position)."""
+        note = self._notes.pop(message.batch_id, None)
+        if note is not None and note.skipped:
+            if type(message) is IterEnd:  # no batch to hand out: count them now
+                self._recorder.skip(self._skip_items(message.worker_id, note.skipped))
+            else:
+                self._skips[message.batch_id] = note.skipped
+        if self._heal.tracks_replicas and type(message) in (Result, EmptyBatch):
+            self._heal.delivered(message.worker_id, note.state if note is not None else None)

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from typing import Any
 
-from loader._healing import Healer, StallWatch, annotate_stacks, shown
-from loader.errors import DataLoaderTimeoutError, StallWarning, WorkerError, rebuild_exception
+from loader._healing import Healer, HealingMixin, StallWatch, shown
+from loader.errors import WorkerError, rebuild_exception
 from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
 from loader.iterators import BaseIter
 from loader.workers.backend import WorkerBackend, make_backend
@@ -39,8 +38,6 @@ __all__ = ["MultiProcessIter"]
 _SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user holds while
 #                   asking for the next one, and one more, so steady loops never overflow
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
-_STALL_STACKLEVEL = 6  # warnings.warn -> _warn_stall -> _get_data -> _next_outcome ->
-#                        _next_data -> __next__ -> the user's loop
 _EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
 
@@ -53,7 +50,7 @@ class _Pending:
         self.worker_id, self.indices, self.data, self.arrived = worker_id, indices, None, False
 
 
-class MultiProcessIter(BaseIter):
+class MultiProcessIter(HealingMixin, BaseIter):
     """``num_workers > 0``: batches fetched and collated by worker processes."""
 
     def __init__(self, loader: Any) -> None:
@@ -213,96 +210,6 @@ class MultiProcessIter(BaseIter):
         if stacks:
             text += f" Its stacks right now:\n{stacks}"
         return text
-
-    # ------------------------------------------------------------------ self-healing
-
-    def _warn_stall(self) -> None:
-        """Name the worker the current next() waits for, with its stacks; go on waiting."""
-        self._watch.warned()
-        waiting = self._waiting_for()
-        if waiting is None or self._pool is None:
-            return
-        batch_id, info = waiting
-        k = info.worker_id
-        self._recorder.stalled()
-        stacks = annotate_stacks(self._pool.stack_dump(k)) or "(its stacks could not be read)"
-        others = self._tasks_outstanding - 1
-        others = f"{others} other batch{' is' if others == 1 else 'es are'} outstanding"
-        text = (f"DataLoader has waited {self._watch.threshold_s:g} s for a batch "
-                f"(stall_warning_s={self._watch.threshold_s:g}): batch {batch_id} (indices "
-                f"{shown(info.indices)}) is with worker {k} ({self._pool.describe(k)}), which "
-                f"is alive but has not delivered it; {others}. "
-                f"Worker {k}'s Python stacks right now:\n{stacks}\nThe loader keeps waiting. "
-                "timeout=<seconds> makes a stall an error (with worker_restarts=<n> the stuck "
-                "worker is replaced instead); stall_warning_s=0 turns this warning off.")
-        warnings.warn(StallWarning(text), stacklevel=_STALL_STACKLEVEL)
-
-    def _on_timeout(self) -> None:
-        """Past ``timeout`` with nothing received: kill the worker the loader waits for when
-        a restart is left (its death then replaces it), else torch's timeout error."""
-        waiting = self._waiting_for()
-        killed = waiting is not None and self._heal.kill_pending(waiting[1].worker_id)
-        if waiting is None or killed or not self._heal.can_restart():
-            text = self._timeout_text()
-            if killed:  # e.g. in uninterruptible I/O: SIGKILL waits for it to return
-                text += (f"\nIt was killed {self._timeout:g} s ago (it was stuck) and has "
-                         "not exited yet.")
-            if self._heal.deaths:
-                text += f"\nWorker deaths this epoch:\n{self._heal.history()}"
-            raise DataLoaderTimeoutError(text)
-        k = waiting[1].worker_id
-        self._heal.killing(k, f"was stuck for {self._timeout:g} s (timeout) and was killed",
-                           self._pool.stack_dump(k))
-        self._pool.kill(k)
-
-    def _on_death(self, exc: WorkerError) -> None:
-        """A worker died: replace it and submit again what it owed, or shut down and raise."""
-        k = exc.worker_id
-        active = self._workers_status[k]
-        owed = [(b, info.indices) for b, info in self._task_info.items()
-                if info.worker_id == k and not info.arrived] if active else []
-        for batch_id, _ in owed:
-            self._notes.pop(batch_id, None)  # a note counts only with its reply
-        self._heal.record(k, exc.pid, exc.exitcode, owed)
-        if self._heal.restarts == 0:
-            self._shutdown()
-            raise exc  # torch's behaviour: the death ends the epoch
-        if len(self._heal.deaths) > self._heal.restarts:
-            self._shutdown()
-            raise WorkerError(self._heal.exhausted(str(exc), self._epoch), worker_id=k,
-                              pid=exc.pid, exitcode=exc.exitcode) from None
-        state = None
-        if self._iterable and active:
-            possible, state = self._heal.replica_state(k)
-            if not possible:
-                self._shutdown()
-                raise WorkerError(
-                    f"{exc}\nworker_restarts={self._heal.restarts} cannot replace it: "
-                    "restarting an IterableDataset worker needs a Stateful dataset "
-                    "(state_dict() and load_state_dict(), on the dataset or on the iterator "
-                    "it returns) so that the replacement goes on after the last batch "
-                    f"received, and {type(self._dataset).__name__} is not.", worker_id=k,
-                    pid=exc.pid, exitcode=exc.exitcode) from None
-        try:
-            self._pool.restart(k, self._epoch, self._base_seed, state)
-            for batch_id, indices in owed:
-                self._pool.submit(k, self._epoch, batch_id, indices)
-        except BaseException:
-            self._shutdown()
-            raise
-        self._recorder.restarted()
-        self._watch.begin()  # the replacement needs its start-up time before a stall counts
-
-    def _take_note(self, message: Any) -> None:
-        """A reply arrived: count the note that came before it (skips, replica position)."""
-        note = self._notes.pop(message.batch_id, None)
-        if note is not None and note.skipped:
-            if type(message) is IterEnd:  # no batch to hand out: count them now
-                self._recorder.skip(self._skip_items(message.worker_id, note.skipped))
-            else:
-                self._skips[message.batch_id] = note.skipped
-        if self._heal.tracks_replicas and type(message) in (Result, EmptyBatch):
-            self._heal.delivered(message.worker_id, note.state if note is not None else None)
 
     def _next_data(self) -> Any:
         if self._pool is None:

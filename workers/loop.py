@@ -44,6 +44,7 @@ from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Releas
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.progress import ProgressWord
 from loader.workers.seeding import seed_worker
 from loader.workers.threads import limit_threads
 
@@ -74,6 +75,7 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    progress_fd: int = -1  # where the batch in hand is written (workers/progress.py)
     on_error: str = "raise"  # "skip": samples whose fetch raises are left out
     track_state: bool = False  # send the replica's position with every batch (restarts on)
     free_slots: list | None = None  # a replacement's writable slots (None: all of them)
@@ -134,6 +136,7 @@ class _Worker:
         self.out.setsockopt(zmq.LINGER, -1)
         self.out.connect(spec.result_address)
         self.writer = SlotWriter.open(spec.main_pid, spec.slot_fds, spec.fds_inherited)
+        self.progress = ProgressWord.open(spec.main_pid, spec.progress_fd, spec.fds_inherited)
         self.free = set(range(self.writer.num_slots)) if spec.free_slots is None \
             else set(spec.free_slots)
         self.pending: deque = deque()
@@ -209,6 +212,7 @@ class _Worker:
             state.ended = True
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
+        self.progress.started(task.epoch, task.batch_id)
         slot = self.free.pop() if self.free else -1
         writer = self.writer
         writer.begin(slot)

@@ -47,6 +47,7 @@ from loader.errors import WorkerError, describe_exit
 from loader.workers.drain import ConnectionLedger
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
+from loader.workers.progress import ProgressWord
 from loader.workers.seeding import warm_before_fork
 from loader.workers.threads import scan_before_fork
 
@@ -96,6 +97,7 @@ class WorkerPool:
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
         self._dump_fds: list[int] = []
+        self._progress: list[ProgressWord] = []  # per worker: the batch it has in hand
         self._tasks: list[zmq.Socket] = []
         self._generation: list[int] = []  # per worker: how many times it was replaced
         self._leased: list[set[int]] = []  # per worker: slots the main process holds
@@ -139,10 +141,12 @@ class WorkerPool:
         for k in ids:
             arena = Arena(k, self._slots, self.released)
             dump_fd = os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
+            progress = ProgressWord.create(k)
             self._arenas.append(arena)
             self._dump_fds.append(dump_fd)
+            self._progress.append(progress)
             _ALL_SLOT_FDS.update(arena.fds)
-            _ALL_SLOT_FDS.add(dump_fd)
+            _ALL_SLOT_FDS.update((dump_fd, progress.fd))
             self._generation.append(0)
             self._leased.append(set())
             self._tasks.append(self._connect(k))
@@ -172,14 +176,16 @@ class WorkerPool:
                  free_slots: list | None = None, replica_state: dict | None = None) -> Any:
         """A prepared (not started) process for worker ``worker_id``'s current generation."""
         arena, dump_fd = self._arenas[worker_id], self._dump_fds[worker_id]
-        own = set(arena.fds) | {dump_fd}
+        progress_fd = self._progress[worker_id].fd
+        own = set(arena.fds) | {dump_fd, progress_fd}
         task_address, result_address = self._addresses(worker_id)
         spec = WorkerSpec(
             worker_id=worker_id, num_workers=num_workers, base_seed=base_seed, epoch=epoch,
             task_address=task_address, result_address=result_address, main_pid=os.getpid(),
             slot_fds=list(arena.fds), fds_inherited=self._inherited,
             close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
-            dump_fd=dump_fd, free_slots=free_slots, replica_state=replica_state,
+            dump_fd=dump_fd, progress_fd=progress_fd, free_slots=free_slots,
+            replica_state=replica_state,
             **self._spec)
         return self._context.Process(target=worker_main, args=(spec,), daemon=True,
                                      name=f"loader-worker-{worker_id}")
@@ -247,10 +253,15 @@ class WorkerPool:
         self._collect_releases()
         self._held[k].clear()  # released slots are free in the replacement from the start
         free = [slot for slot in range(self._slots) if slot not in self._leased[k]]
+        self._progress[k].reset()
         self._processes[k] = self._process(k, self.num_workers, epoch, base_seed, free,
                                            replica_state)
         self._pids[k] = None
         self._start_process(k)
+
+    def in_hand(self, worker_id: int) -> tuple[int, int] | None:
+        """(epoch, batch id) of the task the worker started last (workers/progress.py)."""
+        return self._progress[worker_id].in_hand()
 
     def kill(self, worker_id: int) -> None:
         """SIGKILL a worker (one that is stuck); :meth:`receive` then reports its death."""
@@ -421,6 +432,10 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
         self._dump_fds = []
+        for progress in self._progress:
+            _ALL_SLOT_FDS.discard(progress.fd)
+            progress.close()
+        self._progress = []
         self.exited = [ExitedWorker(p.pid, p.name, p.exitcode) for _, p in started]
         for _, process in started:
             try:
