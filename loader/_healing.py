@@ -130,7 +130,8 @@ class Death:
         if not iterable:
             text += f" (indices {shown(indices)})"
         if len(self.owed) > 1:
-            text += f"; {len(self.owed) - 1} more it owed went to its replacement"
+            more = len(self.owed) - 1
+            text += f"; {more} more {'was' if more == 1 else 'were'} queued for it"
         return text
 
 

@@ -102,6 +102,7 @@ class WorkerPool:
         self._generation: list[int] = []  # per worker: how many times it was replaced
         self._leased: list[set[int]] = []  # per worker: slots the main process holds
         self._settled: set[int] = set()  # dead workers whose every message has arrived
+        self._sentinels: dict[int, int] = {}  # worker -> the sentinel fd the poller watches
         self._run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
         self._results.setsockopt(zmq.RCVHWM, 0)
@@ -216,6 +217,7 @@ class WorkerPool:
         else:
             process.start()
         self._pids[worker_id] = process.pid
+        self._sentinels[worker_id] = process.sentinel
         self._poller.register(process.sentinel, zmq.POLLIN)
 
     # ------------------------------------------------------------------ self-healing
@@ -234,7 +236,7 @@ class WorkerPool:
                 f"its last messages were not all received within {_DRAIN_TIMEOUT_S} s, so "
                 "a batch could be yielded twice", worker_id=k, pid=old.pid,
                 exitcode=old.exitcode)
-        self._poller.unregister(old.sentinel)
+        self._unwatch(k)
         old.join(_JOIN_TIMEOUT_S)
         try:
             old.close()
@@ -263,6 +265,13 @@ class WorkerPool:
         """(epoch, batch id) of the task the worker started last (workers/progress.py)."""
         return self._progress[worker_id].in_hand()
 
+    def _unwatch(self, worker_id: int) -> None:
+        """Stop polling the worker's sentinel (the descriptor registered, not whatever the
+        process object holds now)."""
+        sentinel = self._sentinels.pop(worker_id, None)
+        if sentinel is not None:
+            self._poller.unregister(sentinel)
+
     def kill(self, worker_id: int) -> None:
         """SIGKILL a worker (one that is stuck); :meth:`receive` then reports its death."""
         process = self._processes[worker_id]
@@ -272,8 +281,7 @@ class WorkerPool:
     def retire(self, worker_id: int) -> None:
         """Stop a worker on purpose; its exit is not an error. Give it no more tasks."""
         self._retired.add(worker_id)
-        process = self._processes[worker_id]
-        self._poller.unregister(process.sentinel)
+        self._unwatch(worker_id)
         self._send(worker_id, Stop())
 
     # ------------------------------------------------------------------ messages
