@@ -225,6 +225,29 @@ def test_persistent_workers_restart_every_epoch_budget_resets():
     assert result["epochs"][-1]["total_restarts"] == 3
 
 
+def test_persistent_worker_dying_between_epochs_is_replaced_in_the_next():
+    proc, reports = run_child("""
+from loader import get_worker_info
+loader = DataLoader(np.arange(40), batch_size=4, num_workers=2, persistent_workers=True,
+                    worker_restarts=1)
+first = [int(x) for b in loader for x in b]
+victim = loader._iterator.worker_pids[1]
+os.kill(victim, signal.SIGKILL)
+time.sleep(0.2)  # dead and noticed only when the next epoch waits
+second = [int(x) for b in loader for x in b]
+pids = [victim] + list(loader._iterator.worker_pids)
+report(first=first, second=second, restarts=[loader.stats().restarts,
+       loader.stats().total.restarts], replaced=victim not in loader._iterator.worker_pids,
+       pids=pids)
+loader.close()
+""", limit=LIMIT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = reports
+    assert result["first"] == result["second"] == list(range(40))
+    assert result["restarts"] == [1, 1] and result["replaced"]
+    assert_gone(result["pids"])
+
+
 def test_two_deaths_in_one_epoch_with_one_restart_is_an_error_naming_both():
     result = drive("", "DataLoader(DS(hook=lambda i: (i == 9 and once('sigkill')) or "
                        "(i == 31 and fault('sigkill'))), batch_size=2, num_workers=2, "
@@ -426,3 +449,63 @@ def test_skip_and_restart_together():
     assert epoch["skipped"] == [[3, "KeyError", "3"], [22, "KeyError", "22"]]
     assert indices(result) == [i for i in range(40) if i not in (3, 22)]
     assert epoch["restarts"] == 1
+
+
+# ---------------------------------------------------------------------------- soak
+
+
+@pytest.mark.slow
+def test_soak_random_kills_never_lose_duplicate_or_corrupt_a_batch():
+    """Twelve loaders (in order and not, small and slot-sized batches, 1-2 workers) with a
+    thread SIGKILLing a random worker at random moments, up to six times each, whenever the
+    loader has made progress since the last kill: every epoch is exact and every kept batch
+    intact (run with -m slow)."""
+    proc, reports = run_child("""
+import random, threading
+class DS:
+    def __init__(self, n, width): self.n, self.width = n, width
+    def __len__(self): return self.n
+    def __getitem__(self, i):
+        time.sleep(random.random() * 0.004)
+        return np.full(self.width, i, dtype=np.int64)
+rng = random.Random(13)
+outcomes, pids = [], set()
+for trial in range(12):
+    n, width = rng.choice([300, 600]), rng.choice([1, 20000])
+    in_order = rng.random() < 0.6
+    dl = DataLoader(DS(n, width), batch_size=rng.choice([2, 5]), num_workers=rng.choice([1, 2]),
+                    worker_restarts=100, in_order=in_order)
+    it = iter(dl)
+    held, stop, kills = [], threading.Event(), [0, 0]  # kills so far, batches at the last
+    def killer():
+        while not stop.wait(rng.uniform(0.02, 0.3)) and kills[0] < 6:
+            alive = [p for p in it.worker_pids if p]
+            if alive and len(held) > kills[1]:
+                kills[1] = len(held)
+                try:
+                    os.kill(rng.choice(alive), signal.SIGKILL)
+                    kills[0] += 1
+                except ProcessLookupError:
+                    pass
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        for b in it:
+            held.append(b)
+            pids.update(p for p in it.worker_pids if p)
+    finally:
+        stop.set()
+        thread.join()
+    got = [int(b[j, 0]) for b in held for j in range(len(b))]
+    exact = got == list(range(n)) if in_order else sorted(got) == list(range(n))
+    intact = all(bool((b == b[:, :1]).all()) for b in held)
+    outcomes.append((exact, intact, kills[0], dl.stats().restarts))
+report(outcomes=outcomes, pids=sorted(pids))
+""", limit=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = reports
+    assert all(exact and intact for exact, intact, _, _ in result["outcomes"]), result
+    assert sum(kills for _, _, kills, _ in result["outcomes"]) >= 24  # it did kill
+    assert all(restarts >= kills - 1 for _, _, kills, restarts in result["outcomes"])
+    print(f"\nsoak: {sum(k for _, _, k, _ in result['outcomes'])} kills, all epochs exact")
+    assert_gone(result["pids"])
