@@ -75,7 +75,7 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
-    progress_fd: int = -1  # where the batch in hand is written (workers/progress.py)
+    progress_fd: int  # where the batch in hand is written (workers/progress.py)
     on_error: str = "raise"  # "skip": samples whose fetch raises are left out
     track_state: bool = False  # send the replica's position with every batch (restarts on)
     free_slots: list | None = None  # a replacement's writable slots (None: all of them)
