@@ -111,20 +111,24 @@ class StallWatch:
 @dataclass
 class Death:
     """One worker death in an epoch: who, how, what it owed (batch id, indices, in batch
-    order) and which of those it was fetching (None: between batches, or not known)."""
+    order), which of those it was fetching (None: none of them), and whether it had
+    started any task this epoch."""
 
     worker_id: int
     pid: int | None
     how: str
     owed: list[tuple[int, Any]] = field(default_factory=list)
     in_hand: tuple[int, Any] | None = None
+    started: bool = True
 
     def describe(self, iterable: bool) -> str:
         text = f"worker {self.worker_id} (pid {self.pid}) {self.how}"
         if self.in_hand is None:
-            if not self.owed:
-                return text + " with no batch in hand"
-            return text + f" between batches, owing {len(self.owed)}"
+            if not self.started:
+                text += " before its first batch of the epoch (starting up, or idle)"
+            else:
+                text += " between batches"
+            return text + (f", owing {len(self.owed)}" if self.owed else "")
         batch_id, indices = self.in_hand
         text += f" while working on batch {batch_id}"
         if not iterable:
@@ -169,15 +173,16 @@ class Healer:
 
     def record(self, worker_id: int, pid: int | None, exitcode: int | None,
                owed: list[tuple[int, Any]], in_hand: int | None) -> Death:
-        """A death; ``in_hand``: the batch id it had started last (the backend's word),
-        or None when not known, in which case the oldest batch it owed stands in."""
+        """A death; ``in_hand``: the batch id it had started last this epoch (the
+        backend's word), -1 for none yet, None when the backend cannot tell (the oldest
+        batch it owed then stands in: the one it was fetching unless its result was lost)."""
         how = self._kills.pop(worker_id, None) or exit_reason(exitcode)
         owed_map = dict(owed)
         if in_hand is None:
             hand = owed[0] if owed else None
         else:
             hand = (in_hand, owed_map[in_hand]) if in_hand in owed_map else None
-        death = Death(worker_id, pid, how, owed, hand)
+        death = Death(worker_id, pid, how, owed, hand, started=in_hand != -1)
         self.deaths.append(death)
         return death
 
@@ -286,8 +291,8 @@ class HealingMixin:
         for batch_id, _ in owed:
             self._notes.pop(batch_id, None)  # a note counts only with its reply
         hand = self._pool.in_hand(k)
-        self._heal.record(k, exc.pid, exc.exitcode, owed,
-                          hand[1] if hand is not None and hand[0] == self._epoch else None)
+        started = None if hand is None else hand[1] if hand[0] == self._epoch else -1
+        self._heal.record(k, exc.pid, exc.exitcode, owed, started)
         if self._heal.restarts == 0:
             self._shutdown()
             raise exc  # torch's behaviour: the death ends the epoch

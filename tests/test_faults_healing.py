@@ -206,6 +206,19 @@ def test_worker_init_fn_crash_on_first_try_only_is_replaced():
     assert_same_worker_seeds(result)
 
 
+def test_worker_init_fn_crash_every_time_is_told_as_a_start_up_death():
+    result = drive("""
+        def bad_init(worker_id):
+            if worker_id == 1: fault("segfault")
+        """, "DataLoader(DS(), batch_size=2, num_workers=2, worker_restarts=2, "
+             "worker_init_fn=bad_init)")
+    ((name, message, _),) = result["errors"]
+    assert name == "WorkerError"
+    assert message.count("worker 1 (pid ") == 3, message
+    assert message.count("killed by SIGSEGV (Segmentation fault) before its first batch of "
+                         "the epoch (starting up, or idle), owing 2") == 3, message
+
+
 def test_in_order_false_with_restarts_yields_every_batch_once():
     result = drive("", "DataLoader(DS(hook=lambda i: time.sleep(0.002)), batch_size=2, "
                        "num_workers=3, worker_restarts=1, in_order=False)", kill_after=4,

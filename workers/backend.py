@@ -76,8 +76,9 @@ class WorkerBackend(Protocol):
         """End a (stuck) worker at once; ``receive`` then reports its death as any other."""
 
     def in_hand(self, worker_id: int) -> tuple[int, int] | None:
-        """(epoch, batch id) of the task the worker started last, or None if unknown; after
-        a death, the batch it was fetching (a result it sent may have died with it)."""
+        """(epoch, batch id) of the task the worker started last, (-1, -1) before its first,
+        None if the engine cannot tell; after a death, the batch it was fetching (a result
+        it had sent may have died with it)."""
 
     def describe(self, worker_id: int) -> str:
         """Where the worker runs, for messages: ``"pid 1234"``."""

@@ -262,7 +262,8 @@ class WorkerPool:
         self._start_process(k)
 
     def in_hand(self, worker_id: int) -> tuple[int, int] | None:
-        """(epoch, batch id) of the task the worker started last (workers/progress.py)."""
+        """(epoch, batch id) of the task the worker started last, (-1, -1) before its
+        first (workers/progress.py)."""
         return self._progress[worker_id].in_hand()
 
     def _unwatch(self, worker_id: int) -> None:

@@ -50,10 +50,9 @@ class ProgressWord:
         words[0] = epoch
         words[1] = batch_id
 
-    def in_hand(self) -> tuple[int, int] | None:
-        """(epoch, batch id) of the task started last, or None before the first."""
-        epoch, batch_id = self._words[0], self._words[1]
-        return None if batch_id < 0 else (epoch, batch_id)
+    def in_hand(self) -> tuple[int, int]:
+        """(epoch, batch id) of the task started last; (-1, -1) before the first."""
+        return self._words[0], self._words[1]
 
     def reset(self) -> None:
         """A replacement starts with nothing in hand."""
