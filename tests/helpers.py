@@ -150,3 +150,23 @@ def wait_gone(pids, within=EXIT_WITHIN_S):
             return True
         time.sleep(0.05)
     return False
+
+
+def shm_held_by_others(names: set[str], ours: set[int]) -> set[str]:
+    """Those of ``names`` that a process outside ``ours`` (pids) has open or mapped: made
+    by someone else on the machine (another test run, a benchmark), not leaked by us."""
+    paths = {f"/dev/shm/{n}": n for n in names}
+    held: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in ours:
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for path, name in paths.items():
+            if path in maps or path in fds:
+                held.add(name)
+    return held
