@@ -55,6 +55,7 @@ class MultiProcessIter(BaseIter):
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
         self._autotune = loader._autotuner
         self._started_processes: list = []
+        self._first_seed = self._base_seed
         self._pool: WorkerPool | None = None
         self._pool = WorkerPool(
             num_workers=self._num_workers, context=loader._worker_context(),
@@ -102,7 +103,7 @@ class MultiProcessIter(BaseIter):
         self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
         if not first_iter:
             self._epoch += 1
-            self._base_seed = self._seed_source.seed()
+            self._base_seed = self._seed_source.epoch_seed(self._first_seed, self._epoch)
             for k in range(n):
                 self._pool.send(k, Resume(self._epoch, self._base_seed))
         for _ in range(self._prefetch_factor * n):
