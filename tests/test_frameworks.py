@@ -171,16 +171,17 @@ def accelerate_ranks(tmp_path_factory):
 def test_lightning_ddp_gives_each_rank_its_half(lightning_ddp):
     ranks = lightning_ddp
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world"] == 2
+    assert [len(r["train"]) for r in ranks] == [2, 2]
+    for epoch in range(2):
+        assert_split_exactly([r["train"][epoch] for r in ranks])
+        assert_split_exactly([r["val"][epoch] for r in ranks])
     for r in ranks:
         assert r["train_loader"] == r["val_loader"] == "loader.dataloader.DataLoader"
         assert r["train_sampler"] == r["val_sampler"] == "DistributedSampler"
         assert r["kinds"] == [["Tensor", "Tensor"]]
         assert r["train_generator_stream"] == "numpy", "generator=5 survived the rebuild"
         assert r["val_autotune"] and r["val_output"] == "torch"
-        assert len(r["train"]) == 2 and len(r["val"]) == 2
-    for epoch in range(2):
-        assert_split_exactly([r["train"][epoch] for r in ranks])
-        assert_split_exactly([r["val"][epoch] for r in ranks])
+        assert len(r["val"]) == 2
     assert ranks[0]["train"][0] != ranks[0]["train"][1], "shuffled, and again each epoch"
     assert ranks[0]["val"][0] == list(range(0, SAMPLES, 2)), "validation is not shuffled"
 
@@ -188,13 +189,16 @@ def test_lightning_ddp_gives_each_rank_its_half(lightning_ddp):
 def test_accelerate_gives_each_rank_its_share(accelerate_ranks):
     ranks = accelerate_ranks
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world"] == 2
-    for name in ("shuffled", "int_seed", "sequential"):
+    for name in ("shuffled", "int_seed", "sequential", "kept"):
         runs = [r[name] for r in ranks]
-        for run in runs:
-            assert run["prepared"] == "DataLoaderShard"
-            assert run["engine"] == "torch.utils.data.dataloader.DataLoader"
-            assert run["kinds"] == ["Tensor"]
         for epoch in range(len(runs[0]["seen"])):
             assert_split_exactly([run["seen"][epoch] for run in runs])
+        for run in runs:
+            assert run["kinds"] == ["Tensor"]
+            if name == "kept":  # the README's recipe: not prepared, our engine
+                assert run["engine"] == "loader.dataloader.DataLoader"
+                continue
+            assert run["prepared"] == "DataLoaderShard"
+            assert run["engine"] == "torch.utils.data.dataloader.DataLoader"
     shuffled = ranks[0]["shuffled"]["seen"]
     assert shuffled[0] != shuffled[1] and sorted(shuffled[0]) != shuffled[0]
