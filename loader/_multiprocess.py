@@ -1,18 +1,20 @@
 """The multi-process iterator: torch's dispatch, prefetch and reorder protocol.
 
 ```
- sampler ─▶ _try_put_index ─Task(epoch, batch_id, keys)─▶ worker batch_id % N (round robin)
+ sampler ─▶ _try_put_index ─submit(epoch, batch_id, keys)─▶ worker batch_id % N (round robin)
                                                               │
- user ◀─ _process ◀─ reorder (task_info) ◀─ pool.receive ◀────┘ Result / Failure / IterEnd
+ user ◀─ _process ◀─ reorder (task_info) ◀─ backend.receive ◀─┘ Result / Failure / IterEnd
 ```
 
 - The parent keeps at most ``prefetch_factor * num_workers`` batches between dispatch and
   hand-out (results waiting in the reorder buffer count), refilling one task per batch
   handed out, exactly as torch does; with ``in_order=False`` it hands out batches as they
   complete and dispatches to workers by spare capacity.
-- Workers: ``workers/loop.py``. Batches arrive as zero-copy views on worker slots.
+- Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
+  ``workers/loop.py`` in each process). This module never touches a process or a socket.
+  Batches arrive as zero-copy views on worker slots.
 - Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
-  collection and on any worker death, through ``WorkerPool.shutdown``.
+  collection and on any worker death, through the backend's ``shutdown``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from loader.ipc.messages import Failure, IterEnd, Result, Resume
 from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
+from loader.ipc.messages import Failure, IterEnd, Result
 from loader.iterators import BaseIter
-from loader.workers.pool import WorkerPool
+from loader.workers.backend import WorkerBackend, make_backend
 
 __all__ = ["MultiProcessIter"]
 
@@ -56,9 +58,9 @@ class MultiProcessIter(BaseIter):
         self._autotune = loader._autotuner
         self._started_processes: list = []
         self._first_seed = self._base_seed
-        self._pool: WorkerPool | None = None
-        self._pool = WorkerPool(
-            num_workers=self._num_workers, context=loader._worker_context(),
+        self._pool: WorkerBackend | None = None
+        self._pool = make_backend(
+            "local", num_workers=self._num_workers, context=loader._worker_context(),
             dataset=self._dataset, iterable=self._iterable,
             auto_collation=self._auto_collation, collate_fn=self._collate_fn,
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
@@ -85,14 +87,14 @@ class MultiProcessIter(BaseIter):
 
     @property
     def worker_pids(self) -> list:
-        return self._pool.pids if self._pool is not None else []
+        return [p.pid for p in self._pool.processes] if self._pool is not None else []
 
     # ------------------------------------------------------------------ epochs
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
         n = self._num_workers
-        self._recorder.start_epoch(n, self._pool._pids)
+        self._recorder.start_epoch(n, self._pool.started_pids)
         self._buffered = 0
         self._send_idx = 0
         self._rcvd_idx = 0
@@ -105,7 +107,7 @@ class MultiProcessIter(BaseIter):
             self._epoch += 1
             self._base_seed = self._seed_source.epoch_seed(self._first_seed, self._epoch)
             for k in range(n):
-                self._pool.send(k, Resume(self._epoch, self._base_seed))
+                self._pool.new_epoch(k, self._epoch, self._base_seed)
         for _ in range(self._prefetch_factor * n):
             self._try_put_index()
 
@@ -123,7 +125,7 @@ class MultiProcessIter(BaseIter):
         worker_id = self._pick_worker(max_tasks)
         if worker_id is None:
             return  # every worker is inactive; the epoch is ending
-        self._pool.send_task(worker_id, self._epoch, self._send_idx, index)
+        self._pool.submit(worker_id, self._epoch, self._send_idx, index)
         self._task_info[self._send_idx] = _Pending(worker_id, index)
         self._workers_num_tasks[worker_id] += 1
         self._tasks_outstanding += 1
@@ -172,7 +174,7 @@ class MultiProcessIter(BaseIter):
         shown = repr(info.indices)
         shown = shown if len(shown) <= 200 else shown[:200] + "...]"
         text += (f"\nWaiting for batch {self._rcvd_idx} (indices {shown}) from worker "
-                 f"{worker_id} (pid {self._pool.pids[worker_id]}).")
+                 f"{worker_id} ({self._pool.describe(worker_id)}).")
         stacks = self._pool.stack_dump(worker_id)
         if stacks:
             text += f" Its stacks right now:\n{stacks}"
@@ -254,7 +256,7 @@ class MultiProcessIter(BaseIter):
             if self._tasks_outstanding == before:
                 break
         self._pool.start()
-        self._recorder.resize(self._num_workers, self._pool._pids)
+        self._recorder.resize(self._num_workers, self._pool.started_pids)
 
     def _shrink_to(self, count: int) -> None:
         """Retire the newest workers down to ``count`` once their tasks are done."""
@@ -274,7 +276,9 @@ class MultiProcessIter(BaseIter):
         """CPU seconds used so far by this process and its live workers."""
         import psutil
         total = sum(os.times()[:2])
-        for pid in self._pool.pids if self._pool is not None else ():
+        for pid in self._pool.started_pids if self._pool is not None else ():
+            if pid is None:
+                continue
             try:
                 total += sum(psutil.Process(pid).cpu_times()[:2])
             except psutil.Error:
@@ -285,7 +289,7 @@ class MultiProcessIter(BaseIter):
         """Unique memory of one worker (bytes), for the autotuner's memory budget."""
         import psutil
         try:
-            return psutil.Process(self._pool.pids[0]).memory_full_info().uss
+            return psutil.Process(self._pool.started_pids[0]).memory_full_info().uss
         except (psutil.Error, IndexError, TypeError):
             return None
 

@@ -101,7 +101,7 @@ class AutoTuner:
         mark = (now, epoch.batches, epoch.samples, epoch.wait_s, epoch.main_s,
                 epoch.consumer_s, sum(w.busy_s for w in epoch.workers),
                 sum(w.cpu_s for w in epoch.workers), sum(w.batches for w in epoch.workers),
-                it._tree_cpu_s(), run_queue_s(it._pool._pids))
+                it._tree_cpu_s(), run_queue_s(it._pool.started_pids))
         if self._window is None:
             if any(w.batches == 0 for w in epoch.workers[:n]):
                 return  # workers still starting: forks would pass for a saturated CPU

@@ -1,4 +1,5 @@
-"""Worker process lifecycle on the main side: start, talk, notice death, shut down.
+"""The local engine (``workers/backend.py``'s WorkerBackend): worker processes on this
+machine, their memfd slots and pyzmq sockets; start, talk, notice death, shut down.
 
 ```
  WorkerPool ──start──▶ N processes (multiprocess: fork / spawn / forkserver)
@@ -8,7 +9,7 @@
    arenas: one per worker (ipc/arena.py), leases feed ``released``
 ```
 
-- The parent: :meth:`send` queues a message for worker k; :meth:`receive` returns the next
+- The parent: :meth:`submit` queues a task for worker k; :meth:`receive` returns the next
   decoded message, flushing slot releases first and waking at once if a worker dies.
 - The worker: ``workers/loop.py``.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
@@ -35,7 +36,7 @@ import zmq
 from loader.ipc.arena import Arena
 from loader.ipc.capacity import check_before_start
 from loader.ipc.codec import LAYOUT, decode
-from loader.ipc.messages import Release, Result, Stop, Task, pack, unpack
+from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
@@ -188,7 +189,7 @@ class WorkerPool:
         self._retired.add(worker_id)
         process = self._processes[worker_id]
         self._poller.unregister(process.sentinel)
-        self.send(worker_id, Stop())
+        self._send(worker_id, Stop())
 
     # ------------------------------------------------------------------ messages
 
@@ -196,6 +197,13 @@ class WorkerPool:
     def pids(self) -> list[int]:
         self.start()  # whoever asks for the pids gets every worker started
         return list(self._pids)
+
+    @property
+    def started_pids(self) -> list[int | None]:
+        return self._pids  # the live list: stats see workers that start later
+
+    def describe(self, worker_id: int) -> str:
+        return f"pid {self._pids[worker_id]}"
 
     @property
     def processes(self) -> list:
@@ -209,10 +217,13 @@ class WorkerPool:
         self.start(1)
         return True
 
-    def send(self, worker_id: int, message: Any) -> None:
+    def _send(self, worker_id: int, message: Any) -> None:
         self._tasks[worker_id].send(pack(message))
 
-    def send_task(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
+        self._send(worker_id, Resume(epoch, base_seed))
+
+    def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         """Queue a task for ``worker_id``, carrying the slots released to it so far."""
         self._collect_releases()
         held = self._held[worker_id]
@@ -231,7 +242,7 @@ class WorkerPool:
         self._collect_releases()
         for worker_id, held in enumerate(self._held):
             if held:
-                self.send(worker_id, Release(tuple(held)))
+                self._send(worker_id, Release(tuple(held)))
                 held.clear()
 
     def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
@@ -311,7 +322,7 @@ class WorkerPool:
         for k, process in started:
             if process.exitcode is None and k not in self._retired:
                 try:
-                    self.send(k, Stop())
+                    self._send(k, Stop())
                 except zmq.ZMQError:
                     pass
         deadline = time.monotonic() + _JOIN_TIMEOUT_S

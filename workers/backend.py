@@ -1,0 +1,90 @@
+"""The seam between the multi-process iterator and the engine that runs its workers.
+
+```
+ loader/_multiprocess.py (MultiProcessIter)          a WorkerBackend
+ sampler, dispatch, prefetch bound, reorder  ─submit(worker, epoch, batch_id, keys)─▶ workers
+ buffer, epochs, autotune, stats             ◀─receive(timeout)── (Result | Failure | IterEnd,
+                                                                   batch)  or WorkerError
+```
+
+- The iterator decides *what* is fetched, by whom and in which order; it never touches a
+  process, a socket or a slot. Every batch decision (round robin, ``in_order``, the prefetch
+  bound, re-dispatch) lives there, so every engine yields the same batches in the same order.
+- A backend decides *how*: it starts workers that run ``workers/fetch.py`` with the loader's
+  seeding and ``worker_info``, carries tasks to them and results back (batches as zero-copy
+  views where it can), notices a dead worker promptly (``receive`` raises
+  :class:`loader.errors.WorkerError` naming it) and frees everything in one idempotent
+  :meth:`~WorkerBackend.shutdown`.
+- ``workers/pool.py`` (local processes, memfd slots, pyzmq) is the default engine; another
+  engine is one new module implementing this protocol plus a line in :func:`make_backend`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["BACKENDS", "WorkerBackend", "make_backend"]
+
+BACKENDS = ("local",)  # the values DataLoader(worker_backend=...) accepts
+
+
+@runtime_checkable
+class WorkerBackend(Protocol):
+    """What ``MultiProcessIter`` needs from an engine. Worker ids are ``0 .. num_workers-1``;
+    messages are those of ``ipc/messages.py``."""
+
+    num_workers: int  # workers prepared so far (started or not)
+    blocked_s: float  # seconds ``receive`` has spent blocked, for stats
+
+    def start(self, count: int | None = None) -> None:
+        """Start ``count`` prepared workers (all when None); the rest may start lazily."""
+
+    def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
+        """Queue the task "fetch batch ``batch_id`` of ``epoch`` from ``indices``"."""
+
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
+        """Persistent workers: drop tasks of older epochs, reseed, restart iteration."""
+
+    def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
+        """The next (message, batch) from any worker (batch is None unless the message is a
+        Result). Raises ``WorkerError`` when a worker died, ``TimeoutError`` after
+        ``timeout_s`` without a message."""
+
+    def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
+        """Prepare ``count`` more workers (ids continue the count); tasks may be submitted
+        to them before :meth:`start`."""
+
+    def retire(self, worker_id: int) -> None:
+        """Stop a worker on purpose; its exit is not an error and it gets no more tasks."""
+
+    def describe(self, worker_id: int) -> str:
+        """Where the worker runs, for messages: ``"pid 1234"``."""
+
+    def stack_dump(self, worker_id: int) -> str:
+        """The worker's Python stacks right now, or '' when that cannot be had."""
+
+    @property
+    def started_pids(self) -> list[int | None]:
+        """Local process ids of the workers started so far (None: not started, or not a
+        local process); for stats and the autotuner's CPU and memory readings. The
+        backend's own list, updated in place as workers start: read it, never change it."""
+
+    @property
+    def processes(self) -> list:
+        """Objects with a Process's interface (``pid``, ``exitcode``, ``is_alive``,
+        ``join``, ``terminate``), one per worker; every worker is started first."""
+
+    @property
+    def exited(self) -> list:
+        """After :meth:`shutdown`: what remains known of each worker, Process-like."""
+
+    def shutdown(self) -> None:
+        """Stop every worker and free everything; safe to call any number of times."""
+
+
+def make_backend(kind: str, **spec: Any) -> WorkerBackend:
+    """The engine ``kind`` (one of :data:`BACKENDS`) for the iterator's worker ``spec``."""
+    if kind == "local":
+        from loader.workers.pool import WorkerPool
+        return WorkerPool(**spec)
+    raise ValueError(f"worker_backend should be one of {BACKENDS!r}, but got {kind!r}")
