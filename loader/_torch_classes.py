@@ -69,7 +69,7 @@ def _ours(base: type) -> bool:
 
 def _add_base(cls: type, torch_cls: type) -> None:
     """Give ``cls`` the base ``torch_cls``, after our own bases where the MRO allows."""
-    if issubclass(cls, torch_cls):
+    if torch_cls in cls.__mro__:  # not issubclass: an ABC would cache the answer
         return
     bases = cls.__bases__
     first_foreign = next((i for i, b in enumerate(bases) if not _ours(b)), len(bases))
@@ -77,9 +77,15 @@ def _add_base(cls: type, torch_cls: type) -> None:
     for position in positions:
         try:
             cls.__bases__ = bases[:position] + (torch_cls,) + bases[position:]
-            return
         except TypeError:  # no consistent MRO there (a subclass mixing both orders)
             continue
+        for klass in torch_cls.__mro__:
+            # torch's IterableDataset is an ABC (via Iterable): an isinstance() asked
+            # before now is cached as False; forget it
+            clear = getattr(klass, "_abc_caches_clear", None)
+            if clear is not None:
+                clear()
+        return
     warnings.warn(f"loader.{cls.__name__} could not also become a {torch_cls.__module__}."
                   f"{torch_cls.__name__}: isinstance checks against torch's class will fail",
                   RuntimeWarning, stacklevel=3)

@@ -212,7 +212,10 @@ def test_import_without_torch_stays_without_torch(tmp_path):
         assert colorsys.__spec__.loader is colorsys.__loader__
         assert type(colorsys.__loader__).__name__ == "SourceFileLoader"
         import torch, torch.utils.data as tud
+        chain = loader.ChainDataset([])
+        assert not isinstance(chain, tud.IterableDataset)  # no DataLoader built since
         assert isinstance(loader.DataLoader(list(range(3))), tud.DataLoader)
+        assert isinstance(chain, tud.IterableDataset), "an ABC's cached answer is stale"
         assert isinstance(loader.default_collate([1, 2]), torch.Tensor)
         print("ok")
     """)
