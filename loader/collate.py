@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import sys
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -273,12 +274,13 @@ def convert_arrays(data):
 
 # ---------------------------------------------------------------------------- torch rule
 
-_loader_rule: bool | None = None  # during a DataLoader's collate_fn call: whether that
-#                                   loader's torch is in use; None: decide by sys.modules
+_loader_rule = threading.local()  # .tensors during a DataLoader's collate_fn call (per
+#                                   thread: loaders may collate in several): whether that
+#                                   loader's torch is in use; unset: decide by sys.modules
 
 
 def _tensors_wanted() -> bool:
-    rule = _loader_rule
+    rule = getattr(_loader_rule, "tensors", None)
     return "torch" in sys.modules if rule is None else rule
 
 
@@ -299,12 +301,13 @@ class LoaderCollate:
         self.collate_fn, self.tensors = collate_fn, tensors
 
     def __call__(self, batch):
-        global _loader_rule
-        previous, _loader_rule = _loader_rule, self.tensors
+        rule = _loader_rule
+        previous = getattr(rule, "tensors", None)
+        rule.tensors = self.tensors
         try:
             return self.collate_fn(batch)
         finally:
-            _loader_rule = previous
+            rule.tensors = previous
 
 
 def for_loader(collate_fn: Callable, torch_in_use: bool) -> Callable:
