@@ -50,15 +50,27 @@ def test_hf_map_style_dataset(hf_rows, workers):
         assert_exactly_once(seen, range(ROWS))
 
 
+def epochs_of(dl, field, epochs=2):
+    """The samples of each epoch (persistent workers: the same replicas, re-iterated)."""
+    result = []
+    for _ in range(epochs):
+        seen = []
+        for batch in dl:
+            values = batch[field]
+            assert type(values) is torch.Tensor and values.dtype == torch.int64
+            seen += values.tolist()
+        result.append(seen)
+    dl.close()
+    return result
+
+
 @pytest.mark.parametrize("workers", WORKERS)
 def test_hf_iterable_dataset_is_sharded_by_worker(hf_rows, workers):
     stream = hf_rows.to_iterable_dataset(num_shards=SHARDS)
-    dl = DataLoader(stream, batch_size=32, num_workers=workers)
-    seen = []
-    for batch in dl:
-        assert type(batch["idx"]) is torch.Tensor
-        seen += batch["idx"].tolist()
-    assert_exactly_once(seen, range(ROWS))
+    dl = DataLoader(stream, batch_size=32, num_workers=workers,
+                    persistent_workers=workers > 0)
+    for seen in epochs_of(dl, "idx"):
+        assert_exactly_once(seen, range(ROWS))
 
 
 def test_hf_iterable_dataset_under_spawn(hf_rows):
@@ -86,13 +98,12 @@ def tar_shards(tmp_path_factory):
 def test_webdataset_shards_are_split_by_worker(tar_shards, workers):
     stream = wds.WebDataset(tar_shards, shardshuffle=False, empty_check=False) \
         .decode().to_tuple("__key__", "cls")
-    dl = DataLoader(stream, batch_size=10, num_workers=workers)
-    seen = []
+    dl = DataLoader(stream, batch_size=10, num_workers=workers,
+                    persistent_workers=workers > 0)
     for keys, labels in dl:
-        assert type(labels) is torch.Tensor and labels.dtype == torch.int64
         assert [int(k) for k in keys] == labels.tolist()
-        seen += labels.tolist()
-    assert_exactly_once(seen, range(SHARDS * PER_SHARD))
+    for seen in epochs_of(dl, 1):
+        assert_exactly_once(seen, range(SHARDS * PER_SHARD))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
