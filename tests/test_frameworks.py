@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -112,22 +113,29 @@ def test_lightning_rebuild_of_an_iterable_dataset_loader():
 # ---------------------------------------------------------------- accelerate, in process
 
 
-@pytest.mark.parametrize("config", [
-    dict(shuffle=True), dict(shuffle=True, generator=5, num_workers=2),
-    dict(shuffle=True, generator=5, num_workers="auto", multiprocessing_context="fork"),
-    dict(num_workers=1, output="numpy")],
-    ids=["shuffle", "int-seed-2-workers", "auto", "sequential-numpy"])
-def test_accelerate_prepare_splits_our_loader_without_crashing(config):
-    """accelerate reads our attributes into torch's DataLoader: an int seed, "auto" and a
-    start-method string must arrive in forms torch accepts. Both ranks start from the same
-    torch seed, as separate processes would (accelerate syncs the generator across them)."""
+@pytest.mark.parametrize("config, stateful", [
+    (dict(shuffle=True), False), (dict(shuffle=True, generator=5, num_workers=2), False),
+    (dict(shuffle=True, generator=5, num_workers="auto", multiprocessing_context="fork"),
+     False),
+    (dict(num_workers=1, output="numpy"), False),
+    (dict(shuffle=True, generator=lambda: np.random.default_rng(4), num_workers=1), True)],
+    ids=["shuffle", "int-seed-2-workers", "auto", "sequential-numpy", "torchdata-stateful"])
+def test_accelerate_prepare_splits_our_loader_without_crashing(config, stateful):
+    """accelerate reads our attributes into torch's DataLoader (or torchdata's
+    StatefulDataLoader): an int seed or numpy generator, "auto" and a start-method string
+    must arrive in forms torch accepts. Both ranks start from the same torch seed, as
+    separate processes would (accelerate syncs the generator across them)."""
     per_rank = []
     for rank in range(2):
         torch.manual_seed(0)
-        dl = DataLoader(list(range(SAMPLES)), batch_size=16, **config)
-        prepared = prepare_data_loader(dl, num_processes=2, process_index=rank)
+        kwargs = {k: v() if callable(v) else v for k, v in config.items()}  # fresh per rank
+        dl = DataLoader(list(range(SAMPLES)), batch_size=16, **kwargs)
+        prepared = prepare_data_loader(dl, num_processes=2, process_index=rank,
+                                       use_stateful_dataloader=stateful)
         assert isinstance(prepared.base_dataloader, tud.DataLoader)
-        assert type(prepared.base_dataloader).__module__ == "torch.utils.data.dataloader"
+        assert type(prepared.base_dataloader).__module__ == (
+            "torchdata.stateful_dataloader.stateful_dataloader" if stateful
+            else "torch.utils.data.dataloader")
         batches = list(prepared)
         assert all(type(b) is torch.Tensor for b in batches), "default_collate: tensors"
         per_rank.append([int(i) for b in batches for i in b])
