@@ -9,8 +9,8 @@ whenever a DataLoader is built: the rule of ``output="auto"``), :func:`adopt_tor
 adds each torch namesake to the bases of ours, for every class at once:
 
 ```
- loader.DataLoader.__bases__   (Generic,)              ->  (torch DataLoader, Generic)
- loader.RandomSampler.__bases__ (_Seeded, Sampler)     ->  (_Seeded, Sampler, torch RandomSampler)
+ loader.DataLoader.__bases__    (TorchNamesake, Generic) -> (TorchNamesake, torch DataLoader, Generic)
+ loader.RandomSampler.__bases__ (_Seeded, Sampler)       -> (_Seeded, Sampler, torch RandomSampler)
 ```
 
 - Our own methods still come first in every MRO (torch's class goes after our bases), so
