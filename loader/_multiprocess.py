@@ -68,6 +68,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._watch = StallWatch(loader.stall_warning_s)
         self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
         self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
+        self._first_seed = self._base_seed
         self._pool: WorkerBackend | None = None
         self._pool = make_backend(
             "local", num_workers=self._num_workers, context=loader._worker_context(),
@@ -119,7 +120,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._skips.clear()
         if not first_iter:
             self._epoch += 1
-            self._base_seed = self._seed_source.seed()
+            self._base_seed = self._seed_source.epoch_seed(self._first_seed, self._epoch)
             for k in range(n):
                 self._pool.new_epoch(k, self._epoch, self._base_seed)
         for _ in range(self._prefetch_factor * n):

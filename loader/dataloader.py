@@ -18,8 +18,9 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import multiprocess
 
 from loader import _output
-from loader._random import as_source
-from loader.autotune import AutoTuner, initial_workers
+from loader._random import as_source, torch_view
+from loader._torch_classes import TorchNamesake, adopt_torch_bases
+from loader.autotune import AutoTuner, AutoWorkers, initial_workers
 from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
@@ -78,7 +79,7 @@ def _check_healing(stall_warning_s: Any, worker_restarts: Any, on_error: Any,
             f"on_error option should be one of {ON_ERROR!r}, but got on_error={on_error!r}")
 
 
-class DataLoader(Generic[T_co]):
+class DataLoader(TorchNamesake, Generic[T_co]):
     """Combines a dataset and a sampler and iterates over batches, like torch's DataLoader.
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
@@ -88,6 +89,14 @@ class DataLoader(Generic[T_co]):
     ``stall_warning_s`` (warn with the stuck worker's stacks when a batch is that late; 0:
     off), ``worker_restarts`` (replace up to that many dead or stuck workers per epoch) and
     ``on_error="skip"`` (leave out samples whose fetch raises; ``stats().skipped``).
+
+    Built while torch is imported, it is also a ``torch.utils.data.DataLoader``
+    (``loader/_torch_classes.py``). Frameworks rebuild loaders from their attributes and
+    ``__init__`` signature, so every argument is kept as the attribute of the same name
+    (``shuffle`` aside, as in torch), in a form torch code can read: ``generator`` a
+    ``torch.Generator`` (an int or numpy one is shown as a stand-in that a rebuilt loader
+    maps back to the original stream), ``multiprocessing_context`` a standard-library
+    context, ``num_workers`` an int (:class:`~loader.autotune.AutoWorkers` under "auto").
     """
 
     __initialized = False
@@ -117,9 +126,9 @@ class DataLoader(Generic[T_co]):
         worker_restarts: int = 0,
         on_error: str = "raise",
     ) -> None:
-        autotune = num_workers == "auto"
+        autotune = num_workers == "auto" or isinstance(num_workers, AutoWorkers)
         if autotune:
-            num_workers = initial_workers()
+            num_workers = AutoWorkers(initial_workers() if num_workers == "auto" else num_workers)
         if num_workers < 0:
             raise ValueError(
                 "num_workers option should be non-negative; "
@@ -190,13 +199,17 @@ class DataLoader(Generic[T_co]):
                 "with drop_last"
             )
 
+        self._output_mode = _output.resolve_output(output)  # may import torch ("torch")
+        self._torch_in_use = adopt_torch_bases()  # torch imported: torch's classes too
         self._seed_source = as_source(generator)
+        if self._torch_in_use:
+            generator = torch_view(generator, self._seed_source)
         if sampler is None:
             if self._dataset_kind_iterable:
                 sampler = _InfiniteConstantSampler()
             elif shuffle:
-                sampler = RandomSampler(dataset, generator=self._seed_source)
-                sampler.generator = generator  # shares our seed stream; shows the user's object
+                sampler = RandomSampler(dataset, generator=generator)
+                sampler._seed_from(generator, self._seed_source)  # one stream for both
             else:
                 sampler = SequentialSampler(dataset)
         if batch_size is not None and batch_sampler is None:
@@ -212,7 +225,6 @@ class DataLoader(Generic[T_co]):
         self.collate_fn = collate_fn
         self.persistent_workers = persistent_workers
         self.output = output
-        self._output_mode = _output.resolve_output(output)
 
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None
@@ -230,6 +242,9 @@ class DataLoader(Generic[T_co]):
 
     @multiprocessing_context.setter
     def multiprocessing_context(self, ctx: Any) -> None:
+        """Kept as a standard-library context, as torch keeps it (torch code rebuilding a
+        loader from this attribute accepts no other); workers start through the
+        ``multiprocess`` context of the same start method either way."""
         if ctx is not None:
             if self.num_workers > 0:
                 if isinstance(ctx, str):
@@ -239,7 +254,7 @@ class DataLoader(Generic[T_co]):
                             "multiprocessing_context option should specify a valid start "
                             f"method in {valid!r}, but got multiprocessing_context={ctx!r}"
                         )
-                    ctx = multiprocess.get_context(ctx)
+                    ctx = std_multiprocessing.get_context(ctx)
                 if not isinstance(ctx, (std_multiprocessing.context.BaseContext,
                                         multiprocess.context.BaseContext)):
                     raise TypeError(
@@ -247,6 +262,8 @@ class DataLoader(Generic[T_co]):
                         "string specifying the start method, but got "
                         f"multiprocessing_context={ctx}"
                     )
+                if isinstance(ctx, multiprocess.context.BaseContext):
+                    ctx = std_multiprocessing.get_context(ctx.get_start_method())
             else:
                 raise ValueError(
                     "multiprocessing_context can only be used with multi-process loading "
@@ -278,7 +295,7 @@ class DataLoader(Generic[T_co]):
 
     def _get_iterator(self) -> BaseIter:
         if self._autotuner is not None:
-            self.num_workers = self._autotuner.current  # what the last epoch settled on
+            self.num_workers = AutoWorkers(self._autotuner.current)  # what the last epoch chose
         if self.num_workers == 0:
             return SingleProcessIter(self)
         self.check_worker_number_rationality()

@@ -15,6 +15,7 @@ from typing import Any
 
 from loader import _output
 from loader._random import as_source
+from loader.collate import for_loader
 from loader.workers.fetch import BatchSkipped, make_fetcher
 
 __all__ = ["BaseIter", "SingleProcessIter"]
@@ -32,7 +33,7 @@ class BaseIter:
         self._index_sampler = loader._index_sampler
         self._num_workers = loader.num_workers
         self._timeout = loader.timeout
-        self._collate_fn = loader.collate_fn
+        self._collate_fn = for_loader(loader.collate_fn, loader._torch_in_use)
         self._seed_source = as_source(loader._seed_source)
         self._output = loader._output_mode
         if loader.pin_memory and loader.pin_memory_device:

@@ -67,7 +67,8 @@ _ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in fork
 
 @dataclass(frozen=True)
 class ExitedWorker:
-    """What remains known of a worker after shutdown (its Process object is closed)."""
+    """What remains known of a worker after shutdown (its Process object is closed), with
+    a Process's interface: code written for torch's ``_workers`` joins or terminates them."""
 
     pid: int
     name: str
@@ -75,6 +76,14 @@ class ExitedWorker:
 
     def is_alive(self) -> bool:
         return False
+
+    def join(self, timeout: float | None = None) -> None:
+        """Returns at once: the worker has exited."""
+
+    def terminate(self) -> None:
+        """Nothing to stop: the worker has exited."""
+
+    kill = close = terminate
 
 
 class WorkerPool:
