@@ -37,7 +37,7 @@ from loader._rng_state import (capture_generator, capture_torch_global, is_gener
 from loader.distributed import DistributedSampler
 from loader.sampler import (BatchSampler, RandomSampler, SequentialSampler,
                             SubsetRandomSampler, WeightedRandomSampler)
-from loader.workers.fetch import is_stateful
+from loader.workers.replica import is_stateful
 
 __all__ = ["SamplerTrack"]
 

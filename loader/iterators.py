@@ -6,7 +6,8 @@
 ``loader/state.py``, which may replay a saved pass up to its position), count what they
 yield for the IterableDataset over-length warning, report every batch handed out to the
 epoch's ``Progress`` and hand the batch through the same output step (torch tensors,
-pinning).
+pinning). With ``on_error="skip"`` both list skipped samples in ``stats()`` and warn once
+per epoch.
 
 Every drawn batch has a position in its epoch's sampler order (``_index_pos``); a resume
 with ``in_order=False`` skips the positions already handed out.
@@ -20,8 +21,9 @@ from typing import Any
 
 from loader import _output
 from loader._random import as_source
+from loader.collate import for_loader
 from loader.state import warn_replay
-from loader.workers.fetch import make_fetcher
+from loader.workers.fetch import BatchSkipped, make_fetcher
 from loader.workers.seeding import BatchSeeder
 
 __all__ = ["BaseIter", "SingleProcessIter"]
@@ -39,7 +41,7 @@ class BaseIter:
         self._index_sampler = loader._index_sampler
         self._num_workers = loader.num_workers
         self._timeout = loader.timeout
-        self._collate_fn = loader.collate_fn
+        self._collate_fn = for_loader(loader.collate_fn, loader._torch_in_use)
         self._seed_source = as_source(loader._seed_source)
         self._output = loader._output_mode
         if loader.pin_memory and loader.pin_memory_device:
@@ -53,6 +55,8 @@ class BaseIter:
         self._pin = bool(loader.pin_memory and self._output == "torch" and _output.pin_available())
         self._recorder = loader._recorder
         self._waited = 0.0  # seconds this next() spent blocked on workers
+        self._on_error = loader.on_error
+        self._skips_told = False  # the epoch's skip warning was given
         self._ledger = loader._ledger
         self._seeding = loader.seeding
         self._index_template = [None] * loader.batch_size if self._auto_collation and \
@@ -62,13 +66,14 @@ class BaseIter:
     def __iter__(self) -> "BaseIter":
         return self
 
-    def _begin(self) -> None:
+    def _begin(self, chain: tuple[int, int] | None = None) -> None:
         """Open this epoch (``DataLoader.__iter__`` made its Progress): the sampler,
-        positioned where a loaded state left it, and ``base_seed``."""
+        positioned where a loaded state left it, and ``base_seed`` (drawn, or with
+        ``chain`` = (first seed, epoch) derived, as a persistent pool's later epochs are)."""
         ledger = self._ledger
         self._progress, self._plan = ep, plan = ledger.take_opening()
         self._sampler_iter, self._base_seed, fresh_pass = \
-            ledger.start(ep, plan, self._seed_source)
+            ledger.start(ep, plan, self._seed_source, chain)
         self._draw_pos = ep.low  # position of the next index drawn
         self._index_pos = ep.low  # position of the index drawn last
         self._skip = set(ep.above)  # positions handed out already (in_order=False)
@@ -85,10 +90,15 @@ class BaseIter:
                       if r is not None and r.get("entry") is None and r.get("discard")]
             warn_replay(counts, ledger.every)
 
+    def _next_chain(self) -> tuple[int, int] | None:
+        """How the next epoch of this iterator gets its base seed: None, drawn."""
+        return None
+
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         if not first_iter:
-            self._begin()
+            self._begin(self._next_chain())
         self._len_called = loader._IterableDataset_len_called
+        self._skips_told = False
 
     def _queue_depths(self) -> tuple[int, int]:
         """(tasks in flight, batches waiting in the reorder buffer), for stats."""
@@ -134,6 +144,24 @@ class BaseIter:
     def _next_data(self) -> Any:
         raise NotImplementedError
 
+    def _skip_items(self, worker_id: int, items: Any) -> list:
+        """Skipped samples as stats lists them: an IterableDataset's index is (worker id,
+        position in that worker's replica)."""
+        if self._iterable:
+            return [((worker_id, index), kind, text) for index, kind, text in items]
+        return list(items)
+
+    def _tell_skips(self) -> None:
+        """At the end of an epoch: one warning with the count of skipped samples."""
+        skipped = self._recorder.epoch.skips
+        if skipped and not self._skips_told:
+            self._skips_told = True
+            warnings.warn(
+                f"DataLoader skipped {skipped} sample{'s' if skipped != 1 else ''} in epoch "
+                f"{self._recorder.epochs - 1} whose fetch raised (on_error='skip'); "
+                "stats().skipped lists each as (index, exception type, message).",
+                RuntimeWarning, stacklevel=3)
+
     def __next__(self) -> Any:
         entered = self._recorder.entered()
         self._waited = 0.0
@@ -141,6 +169,7 @@ class BaseIter:
             data = self._next_data()
         except StopIteration:
             self._progress.finished = True
+            self._tell_skips()
             raise
         self._recorder.left(entered, self._waited, *self._queue_depths())
         self._num_yielded += 1
@@ -184,7 +213,8 @@ class SingleProcessIter(BaseIter):
                              keep_user_state=True) if self._seeding == "per_batch" else None
         per_worker = self._ledger.per_worker
         self._fetcher = make_fetcher(self._iterable, self._dataset, self._auto_collation,
-                                     self._collate_fn, self._drop_last, seeder=seeder,
+                                     self._collate_fn, self._drop_last, self._on_error,
+                                     seeder=seeder,
                                      restore=self._restore[0] if self._restore else None,
                                      track=per_worker, copy_state=True)
         if per_worker:
@@ -192,15 +222,26 @@ class SingleProcessIter(BaseIter):
         self._recorder.start_epoch(0, [])
 
     def _next_data(self) -> Any:
-        index = self._next_index()
-        pos = self._index_pos
-        try:
-            data = self._fetcher.fetch(index, pos)
-        except StopIteration:
-            raise
-        except Exception:
-            self._progress.hand_out(pos, 0, made=False)
-            raise
-        self._progress.hand_out(pos, 0)
-        self._recorder.main_fetch(self._fetcher.count)
-        return data
+        fetcher, progress = self._fetcher, self._progress
+        while True:
+            index = self._next_index()
+            pos = self._index_pos
+            try:
+                data = fetcher.fetch(index, pos)
+            except BatchSkipped as exc:  # every sample raised: on to the next batch
+                progress.hand_out(pos, 0)  # its replica moved on; nothing to hand out
+                self._recorder.skip(self._skip_items(0, exc.skipped))
+                continue
+            except StopIteration:
+                if fetcher.skipped:  # an iterable replica that ended after some bad samples
+                    self._recorder.skip(self._skip_items(0, fetcher.skipped))
+                    fetcher.skipped = []
+                raise
+            except Exception:
+                progress.hand_out(pos, 0, made=False)
+                raise
+            progress.hand_out(pos, 0)
+            if fetcher.skipped:
+                self._recorder.skip(self._skip_items(0, fetcher.skipped))
+            self._recorder.main_fetch(fetcher.count)
+            return data

@@ -38,7 +38,8 @@ import weakref
 from typing import Any, Protocol, runtime_checkable
 
 from loader._sampler_state import SamplerTrack, describe
-from loader.workers.fetch import end_state, is_stateful
+from loader.workers.fetch import end_state
+from loader.workers.replica import is_stateful
 
 __all__ = ["STATE_VERSION", "Ledger", "Plan", "Progress", "Stateful", "check_state",
            "warn_replay"]
@@ -79,7 +80,7 @@ class Progress:
     __slots__ = ("epoch", "base_seed", "source_before", "low", "above", "finished",
                  "last_worker", "sampler_pass", "snaps", "chain", "torch_rng",
                  "entries", "handed", "ends", "inline", "track", "fingerprint",
-                 "pass_begun", "template", "streams")
+                 "pass_begun", "template", "streams", "seed_chain")
 
     def __init__(self, epoch: int, track: SamplerTrack) -> None:
         self.epoch = epoch
@@ -102,6 +103,7 @@ class Progress:
         self.pass_begun = False  # the sampler drew this pass's first batch
         self.template: dict | None = None  # the state's fields that stay for the epoch
         self.streams = 1  # replicas of this epoch: max(1, num_workers)
+        self.seed_chain: list = [0, 0]  # (first base seed of the pool, this epoch's index)
 
     def consume(self, position: int) -> None:
         """``position`` will never be handed out (its replica had ended): pass over it."""
@@ -210,12 +212,14 @@ class Ledger:
             opening, self.opening = self.opening, None
         return opening
 
-    def start(self, ep: Progress, plan: Plan | None,
-              seed_source: Any) -> tuple[Any, int, bool]:
+    def start(self, ep: Progress, plan: Plan | None, seed_source: Any,
+              chain: tuple[int, int] | None = None) -> tuple[Any, int, bool]:
         """Open the sampler and draw ``base_seed`` for epoch ``ep``, in torch's order
         (``iter(sampler)``, then the seed, then the first index); with a mid-epoch plan,
-        replay its pass up to its position instead. Returns the sampler iterator, the
-        base seed and whether the pass is fresh (its first draw still to come)."""
+        replay its pass up to its position instead. ``chain`` (first seed, epoch): a
+        persistent pool's later epoch, whose seed is derived, not drawn
+        (``SeedSource.epoch_seed``). Returns the sampler iterator, the base seed and
+        whether the pass is fresh (its first draw still to come)."""
         track = self.track
         mid = plan is not None and plan.mid
         state = plan.state if mid else None
@@ -225,9 +229,24 @@ class Ledger:
         skip = state["position"] if mid else 0
         it = track.open(ep, part, skip)
         ep.source_before = seed_source.state()
-        base_seed = seed_source.seed() if (not mid or ep.source_before is not None) else None
+        if chain is None and plan is not None and plan.state["finished"] and \
+                plan.state.get("seed_chain") and self.loader.persistent_workers:
+            first, index = plan.state["seed_chain"]  # the pool's next epoch, as it would be
+            chain = (first, index + 1)
         if mid:
-            base_seed = state["base_seed"]  # drawn again above (same value) if private
+            saved = plan.state.get("seed_chain") or [state["base_seed"], 0]
+            drawn = saved[1] == 0 or not seed_source.follows_torch
+            if drawn and ep.source_before is not None:
+                seed_source.seed()  # the original drew it here: advance the generator alike
+            base_seed = state["base_seed"]
+            ep.seed_chain = list(saved)
+        elif chain is not None:
+            base_seed = seed_source.epoch_seed(*chain)
+            ep.seed_chain = list(chain)
+        else:
+            base_seed = seed_source.seed()
+            ep.seed_chain = [base_seed, 0]
+        if mid:
             ep.low = skip
             ep.above = set(state["delivered"])
             if self.per_worker and state["workers"] is not None:
@@ -306,6 +325,7 @@ class Ledger:
             "sampler": sampler, "workers": workers,
             "next_worker": (last_worker + 1) % self.streams() if last_worker >= 0 else 0,
             "num_workers": loader.num_workers, "seeding": loader.seeding,
+            "seed_chain": list(ep.seed_chain) if ep is not None and started else None,
             "fingerprint": fingerprint,
         }
 

@@ -612,3 +612,85 @@ def test_a_dropped_loader_stops_its_workers_without_the_cycle_collector():
     finally:
         gc.enable()
     assert wait_gone(pids)
+
+
+# ---------------------------------------------------------------- torch's draws
+
+
+@pytest.mark.parametrize("make_sampler", [
+    lambda ds: RandomSampler(ds),
+    lambda ds: RandomSampler(ds, replacement=True, num_samples=150),
+    lambda ds: SubsetRandomSampler(list(range(0, 100, 2))),
+    lambda ds: WeightedRandomSampler(np.linspace(0.1, 1, 100), 70),
+], ids=["random", "random-replacement", "subset", "weighted"])
+def test_torch_global_draws_replay_without_moving_the_users_rng(make_sampler):
+    """With torch in use and no generator our samplers draw torch's way from torch's
+    global RNG (a seeded pass generator, or directly for Subset/Weighted, as torch's
+    samplers do); the state records the pass, and the replay never moves the RNG."""
+    import torch
+    torch.manual_seed(3)
+
+    def make(num_workers):
+        ds = Items(100)
+        return make_loader(ds, num_workers=num_workers, batch_size=5, sampler=make_sampler(ds))
+    dl = make(2)
+    it = iter(dl)
+    for _ in range(4):
+        next(it)
+    state = dl.state_dict()
+    expected = list(it)
+    user_rng = torch.get_rng_state()
+    resumed = make(0)
+    resumed.load_state_dict(json_round_trip(state))
+    assert list(resumed) == expected
+    assert torch.equal(torch.get_rng_state(), user_rng)
+
+
+@pytest.mark.parametrize("before,after", [(2, 0), (0, 3)])
+def test_torch_generator_elastic_across_epochs(before, after):
+    import torch
+
+    def make(num_workers):
+        return _loader(num_workers=num_workers, batch_size=4, shuffle=True,
+                       generator=torch.Generator().manual_seed(17))
+    dl = make(before)
+    list(dl)
+    it = iter(dl)
+    for _ in range(5):
+        next(it)
+    state = dl.state_dict()
+    assert "torch" in state["generator"]  # base64 of the generator's bytes: JSON-safe
+    expected = list(it) + list(dl)
+    resumed = make(after)
+    resumed.load_state_dict(json_round_trip(state))
+    assert list(resumed) + list(resumed) == expected
+
+
+def test_persistent_pool_seed_chain_resumes_per_batch_values():
+    """A persistent pool that follows torch derives its later epochs' base seeds from its
+    first (torch draws one per pool); the state keeps that chain, so with per-batch
+    seeding a resumed persistent loader repeats the later epochs' values bit for bit."""
+    import torch
+    from resume_helpers import Augmented
+
+    def make():
+        return make_loader(Augmented(40), num_workers=2, persistent_workers=True,
+                           batch_size=4, shuffle=True, seeding="per_batch",
+                           generator=torch.Generator().manual_seed(5))
+    dl = make()
+    list(dl)
+    it = iter(dl)
+    for _ in range(3):
+        next(it)
+    state = dl.state_dict()
+    assert state["seed_chain"][1] == 1
+    expected = list(it) + list(dl) + list(dl)
+    resumed = make()
+    resumed.load_state_dict(json_round_trip(state))
+    assert list(resumed) + list(resumed) + list(resumed) == expected
+    list(dl)
+    finished = dl.state_dict()
+    expected = list(dl)
+    resumed = make()
+    resumed.load_state_dict(json_round_trip(finished))
+    assert list(resumed) == expected

@@ -11,6 +11,12 @@
 - The worker: one task at a time, in arrival order; messages waiting behind the current
   task are read first, so releases return slots early and a ``Resume`` drops stale tasks.
   User code that raises becomes a ``Failure``; a replica that ends becomes ``IterEnd``.
+  With ``on_error="skip"`` samples that raise are left out and listed in a ``BatchNote``
+  sent just before the reply (an ``EmptyBatch`` when none was left); with restarts on, a
+  Stateful replica's position rides in the same note.
+- A replacement worker (``WorkerPool.restart``) is this same loop started with the dead
+  worker's id, the slots the main process does not hold, and the replica position the main
+  process last received.
 - Shutdown: ``Stop`` ends the loop; so does the death of the main process (a pidfd in the
   same poll, or a parent-pid check where pidfds are missing). The worker leaves with
   ``os._exit`` so nothing inherited from the parent runs at exit.
@@ -33,10 +39,12 @@ import zmq
 
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
-from loader.ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Release, Result,
+                                 Resume, Stop, Task, pack, unpack)
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import end_state, load_dataset_state, make_fetcher
+from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
+from loader.workers.progress import ProgressWord
 from loader.workers.seeding import BatchSeeder, seed_worker
 from loader.workers.threads import limit_threads
 
@@ -67,22 +75,29 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    progress_fd: int  # where the batch in hand is written (workers/progress.py)
+    on_error: str = "raise"  # "skip": samples whose fetch raises are left out
+    track_state: bool = False  # send the replica's position with every batch (restarts on)
+    free_slots: list | None = None  # a replacement's writable slots (None: all of them)
+    replica_state: dict | None = None  # a replacement's replica position (None: the start)
     seeding: str = "per_worker"  # or "per_batch" (workers/seeding.py)
     seed_epoch: int = 0  # the loader's epoch, for per-batch seeds
     snapshot_every: int = 0  # take the replica's resume entry every N batches (0: never)
-    restore: Any = None  # where this worker's replica starts (loader/state.py)
+    restore: Any = None  # where this worker's replica starts after a resume (loader/state.py)
 
 
 class _Epoch:
     """Per-epoch state: seeds, worker info, the fetcher and any start-up failure.
 
-    A ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the last epoch
-    left it) is loaded before seeding, as that dataset was when its worker was reseeded;
-    any other (a position inside the epoch) after ``worker_init_fn``, where it was taken.
+    A resume's ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the
+    last epoch left it) is loaded before seeding, as that dataset was when its worker was
+    reseeded; any other (a position inside the epoch) after ``worker_init_fn``, where it
+    was taken.
     """
 
     def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
-                 seed_epoch: int = 0, restore: Any = None) -> None:
+                 replica_state: dict | None = None, seed_epoch: int = 0,
+                 restore: Any = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
@@ -105,7 +120,8 @@ class _Epoch:
             if spec.seeding == "per_batch" else None
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last, seeder=seeder,
+                                        spec.collate_fn, spec.drop_last, spec.on_error,
+                                        replica_state, seeder=seeder,
                                         every=spec.snapshot_every, worker_id=spec.worker_id,
                                         restore=restore)
         except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
@@ -141,7 +157,9 @@ class _Worker:
         self.out.setsockopt(zmq.LINGER, -1)
         self.out.connect(spec.result_address)
         self.writer = SlotWriter.open(spec.main_pid, spec.slot_fds, spec.fds_inherited)
-        self.free = set(range(self.writer.num_slots))
+        self.progress = ProgressWord.open(spec.main_pid, spec.progress_fd, spec.fds_inherited)
+        self.free = set(range(self.writer.num_slots)) if spec.free_slots is None \
+            else set(spec.free_slots)
         self.pending: deque = deque()
         self.parent_fd = _parent_watch(spec.main_pid)
         self.poller = zmq.Poller()
@@ -149,7 +167,8 @@ class _Worker:
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
         self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True,
-                            seed_epoch=spec.seed_epoch, restore=spec.restore)
+                            replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
+                            restore=spec.restore)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -216,13 +235,16 @@ class _Worker:
             state.ended = True
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
+        self.progress.started(task.epoch, task.batch_id)
         slot = self.free.pop() if self.free else -1
         writer = self.writer
         writer.begin(slot)
         previous = collate.use_allocator(writer.alloc)
         cpu0 = thread_time()
+        note = None
         try:
             batch = state.fetcher.fetch(task.indices, task.batch_id)
+            note = self.note(task, state.fetcher)
             t0 = perf_counter()
             kind, payload, spans = codec.encode(batch, writer)
             encode_s = perf_counter() - t0
@@ -233,7 +255,13 @@ class _Worker:
                 self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
                 return
             state.ended = True
+            self.send_note(task, state.fetcher, with_state=False)
             self.send(IterEnd(task.epoch, task.batch_id, wid, self.end_state()))
+            return
+        except BatchSkipped:
+            self.release_unused(slot)
+            self.send_note(task, state.fetcher)
+            self.send(EmptyBatch(task.epoch, task.batch_id, wid))
             return
         except Exception as exc:
             self.release_unused(slot)
@@ -247,7 +275,9 @@ class _Worker:
             slot, size = -1, 0
         fetcher = state.fetcher
         timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
-        entry = fetcher.state
+        if note is not None:
+            self.out.send(note)
+        entry = getattr(fetcher, "entry", None)  # a resume entry (TrackedFetcher)
         if kind == codec.LAYOUT:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
                              payload, entry))
@@ -256,11 +286,32 @@ class _Worker:
                              None, entry), payload)
 
     def end_state(self) -> Any:
-        """The Stateful dataset's state as its ended replica leaves it (None otherwise)."""
+        """The Stateful dataset's state as its ended replica leaves it (None otherwise);
+        a persistent worker's next epoch starts from it after a resume."""
         try:
             return end_state(self.spec.dataset)
-        except Exception:  # reported nowhere better: the next epoch restarts it fresh
+        except Exception:  # nowhere to report it: such a resumed next epoch starts fresh
             return None
+
+    def note(self, task: Task, fetcher: Any, with_state: bool = True) -> bytes | None:
+        """The packed BatchNote for the batch just fetched, or None when there is nothing to
+        say (the default path: no skips, no restarts). Raises what ``state_dict()`` or
+        pickling its result raises, so that it becomes this batch's Failure."""
+        skipped = fetcher.skipped
+        position = fetcher.state() if with_state and self.spec.track_state else None
+        if not skipped and position is None:
+            return None
+        return pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id, tuple(skipped),
+                              position))
+
+    def send_note(self, task: Task, fetcher: Any, with_state: bool = True) -> None:
+        try:
+            note = self.note(task, fetcher, with_state)
+        except Exception:  # the batch has no samples to lose; its skips are lost with it
+            note = pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id,
+                                  tuple(fetcher.skipped), None))
+        if note is not None:
+            self.out.send(note)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()
