@@ -55,7 +55,8 @@ def test_quick_suite(tmp_path):
 
 
 def test_user_dataset_factory(tmp_path):
-    _, result = _bench(tmp_path, "--dataset", "bench_factory:factory", "--workers", "0,2")
+    _, result = _bench(tmp_path, "--dataset", "bench_factory:factory", "--workers", "0,2",
+                       "--loaders", "ours,torch")
     rows = result["rows"]
     assert {r["workload"] for r in rows} == {"dataset:bench_factory:factory"}
     for loader in ("ours", "torch"):
