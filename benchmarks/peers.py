@@ -22,7 +22,7 @@ from typing import Any
 
 from .adapters import Adapter, TorchAdapter
 
-__all__ = ["PEERS"]
+__all__ = ["PEERS", "TORCHDATA"]
 
 
 def _missing(module: str) -> str | None:
@@ -166,4 +166,5 @@ class SpdlThreadsAdapter(Adapter):
             close()
 
 
-PEERS: list[Adapter] = [TorchdataAdapter(), GrainAdapter(), SpdlAdapter(), SpdlThreadsAdapter()]
+TORCHDATA = TorchdataAdapter()
+PEERS: list[Adapter] = [TORCHDATA, GrainAdapter(), SpdlAdapter(), SpdlThreadsAdapter()]

@@ -149,6 +149,10 @@ class SlotWriter:
         """Start writing a batch into ``slot`` (-1: no slot; everything goes inline)."""
         self._slot, self._offset = slot, 0
         span = self._spans[slot] if slot >= 0 else None
+        if span is None and slot >= 0 and self._sizes[slot]:
+            # a replacement worker (worker_restarts) finds slots its predecessor grew
+            self._views[slot] = view = _map(self._fds[slot], self._sizes[slot])
+            span = self._spans[slot] = (view.__array_interface__["data"][0], view.size)
         self._maps = [span] if span is not None else []
         self._given = {}
 

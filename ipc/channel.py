@@ -164,6 +164,11 @@ class Channel:
         os.ftruncate(fd, _header_bytes(num_slots) + 2 * RING_BYTES)
         return cls(fd, num_slots, main=True)
 
+    def drop_tasks(self) -> None:
+        """Empty the task ring for a replacement worker (main side, its reader dead): the
+        new reader starts at the current head."""
+        self.words[_TASK_TAIL * _WORD] = self.words[_TASK_HEAD * _WORD]
+
     def release_index(self, slot: int) -> int:
         """Where ``released[slot]`` lives in :attr:`words`."""
         return (_FIRST_SLOT_LINE + slot) * _WORD

@@ -2,12 +2,15 @@
 
 Worker side, :func:`encode` (the slot is the current one of ``SlotWriter``):
 
-- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts, numpy arrays of
-  plain dtypes and plain CPU torch tensors, with str / bytes / int / float / bool / None
+- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts and numpy arrays
+  (or CPU torch tensors) of plain dtypes, with str / bytes / int / float / bool / None
   leaves, which is what ``default_collate`` returns, becomes a tree of plain tuples whose
-  array leaves are (dtype, shape, offset, strides) in the slot; it rides inside the
-  Result message itself. Arrays ``default_collate`` wrote into the slot are described
-  where they are; arrays elsewhere (a custom ``collate_fn``) are copied in once.
+  array leaves are (dtype, shape, offset, strides) in the slot; it rides inside the Result
+  message itself. Arrays ``default_collate`` wrote into the slot, and tensors over them
+  (``default_collate`` called by a user's ``collate_fn`` where torch is in use), are
+  described where they are; arrays elsewhere (a custom ``collate_fn``) are copied in once.
+  A plain value is its own node, and a list or tuple of plain values one node (the strings
+  ``default_collate`` leaves as they are), so only containers of arrays cost per element.
 - **Pickle** (``PICKLE``): anything else goes through pickle protocol 5; out-of-band
   buffers of 64 KiB and more land in the slot, smaller ones travel in-band. Torch tensors
   are pickled as their numpy view and rebuilt with ``torch.from_numpy``.
@@ -51,45 +54,46 @@ def tensor_from_numpy(array: np.ndarray) -> Any:
 # ---------------------------------------------------------------------------- worker
 
 
-def _layout(obj: Any, writer: SlotWriter) -> Any:
+def _array_node(tag: int, array: np.ndarray, writer: SlotWriter) -> tuple:
+    dtype = array.dtype
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
+        raise _NotPlain
+    offset, strides = writer.locate(array)
+    return (tag, dtype.str, array.shape, offset, strides)
+
+
+def _tensor_node(tensor: Any, writer: SlotWriter) -> tuple:
+    """A plain CPU tensor as the array it views (no copy when it lies in the slot)."""
+    torch = sys.modules["torch"]
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.requires_grad:
+        raise _NotPlain
+    try:
+        array = tensor.numpy()
+    except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), conjugate views...
+        raise _NotPlain from None
+    return _array_node(_TENSOR, array, writer)
+
+
+def _layout(obj: Any, writer: SlotWriter, tensor_type: Any = None) -> Any:
     t = type(obj)
     if t is np.ndarray:
-        dtype = obj.dtype
-        if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
-            raise _NotPlain
-        offset, strides = writer.locate(obj)
-        return (_ARRAY, dtype.str, obj.shape, offset, strides)
+        return _array_node(_ARRAY, obj, writer)
     if t is list or t is tuple:
         if len(obj) > _SMALL and set(map(type, obj)) <= _VALUE_TYPES:
             return (_VALUES, obj)  # e.g. the strings default_collate leaves as they are
         return (_LIST if t is list else _TUPLE,
-                [x if type(x) in _VALUE_TYPES else _layout(x, writer) for x in obj])
+                [x if type(x) in _VALUE_TYPES else _layout(x, writer, tensor_type)
+                 for x in obj])
     if t is dict:
         keys = list(obj)
         if not set(map(type, keys)) <= _VALUE_TYPES:
             raise _NotPlain
-        return (_DICT, keys, [_layout(obj[k], writer) for k in keys])
+        return (_DICT, keys, [_layout(obj[k], writer, tensor_type) for k in keys])
     if t in _VALUE_TYPES:
         return obj  # a plain value is its own node (only nodes are tuples)
-    if t is _torch_tensor_type():
-        if obj.device.type != "cpu" or obj.requires_grad or obj.layout is not _strided():
-            raise _NotPlain
-        try:
-            view = obj.numpy()  # shares the tensor's storage: found in the slot by address
-        except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), conjugate views...
-            raise _NotPlain from None
-        offset, strides = writer.locate(view)
-        return (_TENSOR, view.dtype.str, view.shape, offset, strides)
+    if t is tensor_type:
+        return _tensor_node(obj, writer)
     raise _NotPlain
-
-
-def _torch_tensor_type() -> Any:
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.Tensor
-
-
-def _strided() -> Any:
-    return sys.modules["torch"].strided
 
 
 class _TensorPickler(pickle.Pickler):
@@ -136,8 +140,9 @@ def encode(batch: Any, writer: SlotWriter) -> tuple[int, Any, tuple]:
     """(codec, payload, spans) for ``batch``: the layout tree, or pickled bytes whose
     out-of-band buffers are at ``spans`` (offset, nbytes) in the slot."""
     if writer.has_slot:
+        torch = sys.modules.get("torch")
         try:
-            return LAYOUT, _layout(batch, writer), ()
+            return LAYOUT, _layout(batch, writer, torch.Tensor if torch else None), ()
         except _NotPlain:
             pass
         payload, spans = _pickle(batch, writer)

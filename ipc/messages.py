@@ -1,7 +1,7 @@
 """The typed messages between the main process and its workers, and their wire format.
 
 main -> worker k:  Task, Resume, Stop
-worker k -> main:  Result, Failure, IterEnd
+worker k -> main:  Result, Failure, IterEnd, EmptyBatch; a BatchNote may precede any of them
 
 On the wire a message is the pickled plain tuple ``(kind, *fields)``: one record in the
 worker's shared-memory ring (``ipc/channel.py``), or one zmq frame on the spill path
@@ -16,7 +16,8 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-__all__ = ["Failure", "IterEnd", "Result", "Resume", "Stop", "Task", "pack", "unpack"]
+__all__ = ["BatchNote", "EmptyBatch", "Failure", "IterEnd", "Result", "Resume", "Stop",
+           "Task", "pack", "unpack"]
 
 
 class Task(NamedTuple):
@@ -27,9 +28,13 @@ class Task(NamedTuple):
 
 
 class Resume(NamedTuple):
-    """A new epoch on persistent workers: reseed from ``base_seed``, restart iteration."""
+    """A new epoch on persistent workers: reseed from ``base_seed``, restart iteration;
+    ``seed_epoch`` is the loader's epoch (per-batch seeding), ``restore`` where this
+    worker's replica starts (loader/state.py), None for the beginning."""
     epoch: int
     base_seed: int
+    seed_epoch: int = 0
+    restore: Any = None
 
 
 class Stop(NamedTuple):
@@ -54,6 +59,7 @@ class Result(NamedTuple):
     spans: tuple
     timing: tuple
     payload: Any
+    state: Any = None  # the replica's resume entry after this batch, when one was taken
 
 
 class Failure(NamedTuple):
@@ -68,13 +74,34 @@ class Failure(NamedTuple):
 
 
 class IterEnd(NamedTuple):
-    """The worker's replica of an IterableDataset is exhausted."""
+    """The worker's replica of an IterableDataset is exhausted; ``state`` is what it
+    leaves for a persistent worker's next epoch (a Stateful dataset's state)."""
+    epoch: int
+    batch_id: int
+    worker_id: int
+    state: Any = None
+
+
+class BatchNote(NamedTuple):
+    """What the main process must know about batch ``batch_id`` besides the batch, sent just
+    before its reply: samples left out (``on_error="skip"``: (index, exception type name,
+    message) each) and the replica's position after it (``workers/replica.py``; None unless
+    restarts are on for a Stateful IterableDataset). It counts only once the reply arrives."""
+    epoch: int
+    batch_id: int
+    worker_id: int
+    skipped: tuple
+    state: Any = None
+
+
+class EmptyBatch(NamedTuple):
+    """The reply for a batch whose every sample was skipped (``on_error="skip"``)."""
     epoch: int
     batch_id: int
     worker_id: int
 
 
-_KINDS = (Task, Resume, Stop, Result, Failure, IterEnd)
+_KINDS = (Task, Resume, Stop, Result, Failure, IterEnd, BatchNote, EmptyBatch)
 _CODE = {cls: code for code, cls in enumerate(_KINDS)}
 
 

@@ -3,10 +3,12 @@
 Change ``from torch.utils.data import DataLoader`` to ``from loader import DataLoader``.
 Every public name of ``torch.utils.data`` is here with torch's behaviour; batches are
 numpy arrays, or torch tensors when torch is in use (see ``DataLoader(output=...)``).
+Importing this package never imports torch; where torch is already imported, our classes
+are also subclasses of torch's (``loader/_torch_classes.py``).
 """
 
 from loader.collate import default_collate, default_collate_fn_map, default_convert
-from loader.dataloader import DataLoader
+from loader.dataloader import DataLoader, StatefulDataLoader
 from loader.dataset import (
     ChainDataset,
     ConcatDataset,
@@ -18,7 +20,7 @@ from loader.dataset import (
     random_split,
 )
 from loader.distributed import DistributedSampler
-from loader.errors import WorkerError
+from loader.errors import StallWarning, WorkerError
 from loader.sampler import (
     BatchSampler,
     RandomSampler,
@@ -27,6 +29,7 @@ from loader.sampler import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from loader.state import Stateful
 from loader.stats import LoaderStats
 from loader.tune import TuneResult, tune_num_workers
 from loader.worker_info import WorkerInfo, get_worker_info
@@ -43,6 +46,9 @@ __all__ = [
     "Sampler",
     "SequentialSampler",
     "StackDataset",
+    "Stateful",
+    "StatefulDataLoader",
+    "StallWarning",
     "Subset",
     "SubsetRandomSampler",
     "TensorDataset",
@@ -60,3 +66,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+from loader._torch_classes import adopt_torch_bases as _adopt_torch_bases
+
+_adopt_torch_bases()  # torch imported before us: our classes are torch's too from now on

@@ -13,39 +13,53 @@
 - Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
+- Self-healing (``loader/_healing.py``): a ``next()`` that waits ``stall_warning_s``
+  warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
+  stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
+  batch order, to its replacement; each reply is accepted once, so the epoch is unchanged.
+- Every batch handed out (or raised, or left empty by skips) is reported to the epoch's
+  ``Progress`` (``loader/state.py``) with its position and the worker's replica entry, if
+  the batch carried one; a resumed epoch starts dispatching at its saved position, skips
+  positions already handed out, and continues the round robin at the saved next worker.
 - Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
-  collection and on any worker death, through the backend's ``shutdown``.
+  collection and on any worker death not healed, through the backend's ``shutdown``.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
-from loader.ipc.messages import Failure, IterEnd, Result
+from loader._healing import Healer, HealingMixin, StallWatch, shown
+from loader.errors import WorkerError, rebuild_exception
+from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
 from loader.iterators import BaseIter
 from loader.workers import freeze
 from loader.workers.backend import WorkerBackend, make_backend
-from loader.workers.fetch import make_fetcher
+from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.seeding import BatchSeeder
 
 __all__ = ["MultiProcessIter"]
 
 _SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user holds while
 #                   asking for the next one, and one more, so steady loops never overflow
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
+_EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
 
 class _Pending:
-    """A dispatched task: its worker, and once it arrives out of order, its outcome."""
+    """A dispatched task: its worker, and once it arrives out of order, its outcome (and
+    the replica entry that came with it)."""
 
-    __slots__ = ("worker_id", "indices", "data", "arrived")
+    __slots__ = ("worker_id", "indices", "data", "arrived", "entry")
 
     def __init__(self, worker_id: int, indices: Any) -> None:
         self.worker_id, self.indices, self.data, self.arrived = worker_id, indices, None, False
+        self.entry = None
 
 
-class MultiProcessIter(BaseIter):
+class MultiProcessIter(HealingMixin, BaseIter):
     """``num_workers > 0``: batches fetched and collated by worker processes."""
 
     def __new__(cls, loader: Any) -> "MultiProcessIter":
@@ -68,6 +82,10 @@ class MultiProcessIter(BaseIter):
         self._autotune = loader._autotuner
         self._local = None  # a fetcher when "auto" fell back to the main process
         self._started_processes: list = []
+        self._heal = Healer(loader.worker_restarts, self._iterable)
+        self._watch = StallWatch(loader.stall_warning_s)
+        self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
+        self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
         self._pool: WorkerBackend | None = None
         self._pool = make_backend(
             "local", num_workers=self._num_workers, context=loader._worker_context(),
@@ -76,7 +94,10 @@ class MultiProcessIter(BaseIter):
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
-            thread_limit=_THREAD_LIMIT)
+            thread_limit=_THREAD_LIMIT, on_error=loader.on_error,
+            track_state=self._heal.tracks_replicas, seeding=self._seeding,
+            seed_epoch=self._progress.epoch, snapshot_every=self._ledger.worker_every,
+            restore=self._restore)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork
@@ -101,24 +122,40 @@ class MultiProcessIter(BaseIter):
 
     # ------------------------------------------------------------------ epochs
 
+    def _next_chain(self) -> tuple[int, int]:
+        """A persistent pool's later epochs derive their base seed from its first (torch
+        draws it once per pool: ``SeedSource.epoch_seed``); a resumed epoch goes on from
+        the chain its state recorded."""
+        first, epoch = self._progress.seed_chain
+        return first, epoch + 1
+
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
         n = self._num_workers
         self._recorder.start_epoch(n, self._pool.started_pids)
         self._buffered = 0
-        self._send_idx = 0
-        self._rcvd_idx = 0
+        self._send_idx = self._rcvd_idx = self._progress.low  # a resumed epoch's position
         self._task_info: dict[int, _Pending] = {}
         self._tasks_outstanding = 0
         self._workers_status = [k not in self._retired for k in range(n)]
         self._workers_num_tasks = [0] * n
-        self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
+        # round robin restarts at worker 0 every epoch, as in torch (a resumed epoch: at
+        # the worker after the one that made the last batch handed out)
+        plan = self._plan
+        self._next_worker = plan.state.get("next_worker", 0) % n \
+            if plan is not None and plan.mid else 0
+        self._heal.new_epoch()
+        self._notes.clear()
+        self._skips.clear()
         if not first_iter:
             self._epoch += 1
-            self._base_seed = self._seed_source.seed()
+            restore = self._restore or [None] * n
             for k in range(n):
-                if k not in self._retired:
-                    self._pool.new_epoch(k, self._epoch, self._base_seed)
+                if k in self._retired:
+                    continue
+                self._pool.new_epoch(k, self._epoch, self._base_seed,
+                                     seed_epoch=self._progress.epoch,
+                                     restore=restore[k] if k < len(restore) else None)
         for _ in range(self._prefetch_factor * n):
             self._try_put_index()
 
@@ -138,11 +175,12 @@ class MultiProcessIter(BaseIter):
         worker_id = self._pick_worker(max_tasks)
         if worker_id is None:
             return  # every worker is inactive; the epoch is ending
-        self._pool.submit(worker_id, self._epoch, self._send_idx, index)
-        self._task_info[self._send_idx] = _Pending(worker_id, index)
+        pos = self._index_pos
+        self._pool.submit(worker_id, self._epoch, pos, index)
+        self._task_info[pos] = _Pending(worker_id, index)
         self._workers_num_tasks[worker_id] += 1
         self._tasks_outstanding += 1
-        self._send_idx += 1
+        self._send_idx = pos + 1
 
     def _pick_worker(self, max_tasks: int) -> int | None:
         active = max(1, sum(self._workers_status) - len(self._draining))
@@ -162,54 +200,78 @@ class MultiProcessIter(BaseIter):
         return self._tasks_outstanding, self._buffered
 
     def _get_data(self) -> tuple[Any, Any]:
-        timeout = self._timeout if self._timeout > 0 else None
         pool = self._pool
         blocked = pool.blocked_s
-        info = self._task_info.get(self._rcvd_idx)  # the batch due next: its worker first
+        deadline = self._deadline()
         try:
-            message, batch = pool.receive(timeout, None if info is None else info.worker_id)
-            if type(message) is Result:
-                self._recorder.worker_result(message.worker_id, message.timing)
-            return message, batch
-        except TimeoutError:
-            raise DataLoaderTimeoutError(self._timeout_text()) from None
-        except WorkerError:
-            self._shutdown()
-            raise
+            while True:
+                if self._watch.due():
+                    self._warn_stall()
+                info = self._task_info.get(self._rcvd_idx)  # due next: its worker first
+                try:
+                    message, batch = pool.receive(self._watch.wait_s(deadline),
+                                                  None if info is None else info.worker_id)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._on_timeout()  # raises, or kills the stuck worker to replace it
+                        deadline = self._deadline()
+                    continue
+                except WorkerError as exc:
+                    self._on_death(exc)  # raises, or replaced the worker
+                    deadline = self._deadline()
+                    continue
+                if type(message) is Result:
+                    self._recorder.worker_result(message.worker_id, message.timing)
+                return message, batch
         finally:
             self._waited += pool.blocked_s - blocked
 
+    def _deadline(self) -> float | None:
+        return time.monotonic() + self._timeout if self._timeout > 0 else None
+
+    def _waiting_for(self) -> tuple[int, _Pending] | None:
+        """The oldest batch not yet arrived (the one ``next()`` waits for, in order)."""
+        for batch_id, info in self._task_info.items():
+            if not info.arrived and self._workers_status[info.worker_id]:
+                return batch_id, info
+        return None
+
     def _timeout_text(self) -> str:
         text = f"DataLoader timed out after {self._timeout} seconds"
-        info = self._task_info.get(self._rcvd_idx)
-        if info is None or self._pool is None:
+        waiting = self._waiting_for()
+        if waiting is None or self._pool is None:
             return text
+        batch_id, info = waiting
         worker_id = info.worker_id
-        shown = repr(info.indices)
-        shown = shown if len(shown) <= 200 else shown[:200] + "...]"
-        text += (f"\nWaiting for batch {self._rcvd_idx} (indices {shown}) from worker "
+        text += (f"\nWaiting for batch {batch_id} (indices {shown(info.indices)}) from worker "
                  f"{worker_id} ({self._pool.describe(worker_id)}).")
         stacks = self._pool.stack_dump(worker_id)
         if stacks:
             text += f" Its stacks right now:\n{stacks}"
         return text
 
-    def __next__(self) -> Any:
+    def _next_data(self) -> Any:
         try:
-            return super().__next__()
+            if self._pool is None:
+                raise StopIteration
+            self._watch.begin()
+            while True:
+                data = self._next_outcome()
+                if data is not _EMPTY:
+                    return data
         except BaseException:  # the epoch ended, or a traceback may hold frozen frames
             freeze.release(self)
             raise
 
-    def _next_data(self) -> Any:
-        if self._pool is None:
-            raise StopIteration
+    def _next_outcome(self) -> Any:
+        """The next batch in order (``_EMPTY`` for one whose every sample was skipped)."""
         while True:
             while self._rcvd_idx < self._send_idx:
                 info = self._task_info.get(self._rcvd_idx)
                 if info is not None and (info.arrived or self._workers_status[info.worker_id]):
                     break
                 self._task_info.pop(self._rcvd_idx, None)
+                self._progress.consume(self._rcvd_idx)  # its replica ended: never handed out
                 self._rcvd_idx += 1
             else:
                 if self._local is not None:
@@ -223,34 +285,48 @@ class MultiProcessIter(BaseIter):
                 self._buffered -= 1
                 del self._task_info[self._rcvd_idx]
                 self._rcvd_idx += 1
-                return self._process(info.data, info.worker_id)
+                return self._process(info.data, info.worker_id, self._rcvd_idx - 1,
+                                     info.entry)
 
             message, batch = self._get_data()
             if message.epoch != self._epoch:
                 continue  # a result of an abandoned epoch; its slot lease lapses with it
-            self._tasks_outstanding -= 1
             kind = type(message)
+            if kind is BatchNote:
+                self._notes[message.batch_id] = message
+                continue
+            self._tasks_outstanding -= 1
+            if self._notes or self._heal.tracks_replicas:
+                self._take_note(message)
             if kind is IterEnd:
                 self._workers_status[message.worker_id] = False
                 self._task_info.pop(message.batch_id, None)
+                self._progress.replica_ended(message.worker_id, message.state)
                 self._try_put_index()
                 continue
-            outcome = batch if kind is Result else message
+            if kind is Result:
+                outcome, entry = batch, message.state
+            else:
+                outcome, entry = (_EMPTY if kind is EmptyBatch else message), None
             idx = message.batch_id
             if idx != self._rcvd_idx:
                 if self._in_order:
                     pending = self._task_info[idx]
-                    pending.data, pending.arrived = outcome, True
+                    pending.data, pending.arrived, pending.entry = outcome, True, entry
                     self._buffered += 1
                     continue
                 del self._task_info[idx]
-                return self._process(outcome, message.worker_id)
+                return self._process(outcome, message.worker_id, idx, entry)
             del self._task_info[idx]
             self._rcvd_idx += 1
-            return self._process(outcome, message.worker_id)
+            return self._process(outcome, message.worker_id, idx, entry)
 
-    def _process(self, data: Any, worker_id: int) -> Any:
+    def _process(self, data: Any, worker_id: int, batch_id: int, entry: Any = None) -> Any:
         self._workers_num_tasks[worker_id] -= 1
+        if self._skips:
+            skipped = self._skips.pop(batch_id, None)
+            if skipped:  # counted as its batch is handed out, so in the order of the batches
+                self._recorder.skip(self._skip_items(worker_id, skipped))
         if worker_id in self._draining and not self._workers_num_tasks[worker_id]:
             self._draining.discard(worker_id)
             self._retired.add(worker_id)
@@ -261,27 +337,43 @@ class MultiProcessIter(BaseIter):
         if autotune is not None and not autotune.settled:
             autotune.observe(self)
         if type(data) is Failure:
+            self._progress.hand_out(batch_id, worker_id, made=False)
             raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
                                     data.indices, data.text)
+        # an empty batch (every sample skipped) is not handed out, but its replica moved on
+        self._progress.hand_out(batch_id, worker_id, entry)
         return data
 
     def _fetch_locally(self) -> Any:
-        """The next batch fetched and collated here, as ``num_workers=0`` would."""
-        try:
-            index = self._next_index()
-        except StopIteration:
-            if not self._persistent:
-                self._shutdown()
-            raise
-        fetcher = self._local
-        data = fetcher.fetch(index)
-        self._recorder.main_fetch(fetcher.count)
-        self._send_idx += 1  # batch ids stay in step with the sampler
-        self._rcvd_idx += 1
-        autotune = self._autotune
-        if autotune is not None and not autotune.settled:
-            autotune.observe(self)
-        return data
+        """The next batch fetched and collated here, as ``num_workers=0`` would
+        (``SingleProcessIter._next_data``): skips, errors and progress alike."""
+        fetcher, progress = self._local, self._progress
+        while True:
+            try:
+                index = self._next_index()
+            except StopIteration:
+                if not self._persistent:
+                    self._shutdown()
+                raise
+            pos = self._index_pos
+            self._send_idx = self._rcvd_idx = pos + 1  # positions stay in step
+            try:
+                data = fetcher.fetch(index, pos)
+            except BatchSkipped as exc:  # every sample raised: on to the next batch
+                progress.hand_out(pos, 0)
+                self._recorder.skip(self._skip_items(0, exc.skipped))
+                continue
+            except Exception:
+                progress.hand_out(pos, 0, made=False)
+                raise
+            progress.hand_out(pos, 0)
+            if fetcher.skipped:
+                self._recorder.skip(self._skip_items(0, fetcher.skipped))
+            self._recorder.main_fetch(fetcher.count)
+            autotune = self._autotune
+            if autotune is not None and not autotune.settled:
+                autotune.observe(self)
+            return data
 
     def stats(self):
         return self._recorder.snapshot(0 if self._local is not None else
@@ -290,9 +382,14 @@ class MultiProcessIter(BaseIter):
     # ------------------------------------------------------------------ resizing
 
     def _go_local(self) -> None:
-        """Fetch in the main process from now on (tasks in flight still arrive first)."""
+        """Fetch in the main process from now on (tasks in flight still arrive first), as
+        ``SingleProcessIter`` does (map-style datasets only: "auto" never resizes an
+        IterableDataset's pool)."""
+        seeder = BatchSeeder(self._base_seed, self._progress.epoch, None,
+                             keep_user_state=True) if self._seeding == "per_batch" else None
         self._local = make_fetcher(self._iterable, self._dataset, self._auto_collation,
-                                   self._collate_fn, self._drop_last)
+                                   self._collate_fn, self._drop_last, self._on_error,
+                                   seeder=seeder)
 
     def _go_pool(self) -> None:
         """Back to the workers: refill the prefetch budget."""

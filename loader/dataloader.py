@@ -4,11 +4,14 @@ Construction validates the arguments in torch's order with torch's messages, bui
 default sampler and batch sampler, and freezes the attributes torch freezes. Iteration
 returns a :class:`~loader.iterators.SingleProcessIter` or, with workers, a
 ``MultiProcessIter``; with ``persistent_workers`` the same iterator is reset every epoch.
+Every ``iter()`` opens an epoch in the loader's resume ledger (``loader/state.py``), which
+``state_dict()`` reads and ``load_state_dict()`` prepares.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import multiprocessing as std_multiprocessing
 import os
 import warnings
@@ -17,15 +20,19 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import multiprocess
 
 from loader import _output
-from loader._random import as_source
-from loader.autotune import AutoTuner, initial_workers
+from loader._random import as_source, torch_view
+from loader._torch_classes import TorchNamesake, adopt_torch_bases
+from loader.autotune import AutoTuner, AutoWorkers, initial_workers
 from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
 from loader.sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
+from loader.state import Ledger
 from loader.stats import LoaderStats, Recorder
+from loader.workers.fetch import ON_ERROR
+from loader.workers.seeding import SEEDINGS
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "StatefulDataLoader"]
 
 T_co = TypeVar("T_co", covariant=True)
 TCollated = TypeVar("TCollated")
@@ -56,13 +63,52 @@ def _as_context(ctx: Any) -> Any:
     return multiprocess.get_context(ctx.get_start_method())
 
 
-class DataLoader(Generic[T_co]):
+def _check_healing(stall_warning_s: Any, worker_restarts: Any, on_error: Any,
+                   num_workers: int) -> None:
+    """Validate the self-healing arguments (ours; torch has none of them)."""
+    if isinstance(stall_warning_s, bool) or not isinstance(stall_warning_s, numbers.Real) \
+            or not 0 <= stall_warning_s < math.inf:
+        raise ValueError(
+            "stall_warning_s option should be a finite, non-negative number of seconds (0 "
+            f"turns the stall warning off), but got stall_warning_s={stall_warning_s!r}")
+    if isinstance(worker_restarts, bool) or not isinstance(worker_restarts, numbers.Integral) \
+            or worker_restarts < 0:
+        raise ValueError(
+            "worker_restarts option should be a non-negative integer (restarts allowed per "
+            f"epoch; 0 keeps torch's behaviour), but got worker_restarts={worker_restarts!r}")
+    if worker_restarts and num_workers == 0:
+        raise ValueError("worker_restarts option needs num_workers > 0")
+    if on_error not in ON_ERROR:
+        raise ValueError(
+            f"on_error option should be one of {ON_ERROR!r}, but got on_error={on_error!r}")
+
+
+class DataLoader(TorchNamesake, Generic[T_co]):
     """Combines a dataset and a sampler and iterates over batches, like torch's DataLoader.
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
     Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
-    and ``num_workers="auto"``, which sizes the pool from measurements
-    (``loader/autotune.py``).
+    ``num_workers="auto"``, which sizes the pool from measurements
+    (``loader/autotune.py``), and self-healing (``loader/_healing.py``):
+    ``stall_warning_s`` (warn with the stuck worker's stacks when a batch is that late; 0:
+    off), ``worker_restarts`` (replace up to that many dead or stuck workers per epoch) and
+    ``on_error="skip"`` (leave out samples whose fetch raises; ``stats().skipped``).
+
+    Built while torch is imported, it is also a ``torch.utils.data.DataLoader``
+    (``loader/_torch_classes.py``). Frameworks rebuild loaders from their attributes and
+    ``__init__`` signature, so every argument is kept as the attribute of the same name
+    (``shuffle`` aside, as in torch), in a form torch code can read: ``generator`` a
+    ``torch.Generator`` (an int or numpy one is shown as a stand-in that a rebuilt loader
+    maps back to the original stream), ``multiprocessing_context`` a standard-library
+    context, ``num_workers`` an int (:class:`~loader.autotune.AutoWorkers` under "auto").
+
+    Resume, with torchdata's ``StatefulDataLoader`` API: :meth:`state_dict` and
+    :meth:`load_state_dict`, ``snapshot_every_n_steps`` (how often a user's Stateful
+    sampler or IterableDataset is asked for its state; 0 or None: never), and
+    ``seeding``: "per_worker" (torch's: each worker seeds its RNGs once per epoch) or
+    "per_batch" (before every batch, from the base seed, the epoch and the batch's
+    position, so random augmentations do not depend on ``num_workers`` and a resume
+    repeats them exactly).
     """
 
     __initialized = False
@@ -88,10 +134,15 @@ class DataLoader(Generic[T_co]):
         pin_memory_device: str = "",
         in_order: bool = True,
         output: str | None = "auto",
+        stall_warning_s: float = 60,
+        worker_restarts: int = 0,
+        on_error: str = "raise",
+        snapshot_every_n_steps: int | None = 1,
+        seeding: str = "per_worker",
     ) -> None:
-        autotune = num_workers == "auto"
+        autotune = num_workers == "auto" or isinstance(num_workers, AutoWorkers)
         if autotune:
-            num_workers = initial_workers()
+            num_workers = AutoWorkers(initial_workers() if num_workers == "auto" else num_workers)
         if num_workers < 0:
             raise ValueError(
                 "num_workers option should be non-negative; "
@@ -111,6 +162,13 @@ class DataLoader(Generic[T_co]):
             raise ValueError("prefetch_factor option should be non-negative")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
+        _check_healing(stall_warning_s, worker_restarts, on_error, num_workers)
+        if seeding not in SEEDINGS:
+            raise ValueError(f"seeding should be one of {SEEDINGS!r}, but got {seeding!r}")
+        if snapshot_every_n_steps is not None and (
+                not isinstance(snapshot_every_n_steps, int) or snapshot_every_n_steps < 0):
+            raise ValueError("snapshot_every_n_steps should be a non-negative int or None, "
+                             f"but got {snapshot_every_n_steps!r}")
 
         self.dataset = dataset
         self.num_workers = num_workers
@@ -121,6 +179,9 @@ class DataLoader(Generic[T_co]):
         self.worker_init_fn = worker_init_fn
         self.multiprocessing_context = multiprocessing_context
         self.in_order = in_order
+        self.stall_warning_s = stall_warning_s
+        self.worker_restarts = worker_restarts
+        self.on_error = on_error
 
         self._dataset_kind_iterable = is_iterable_dataset(dataset)
         if self._dataset_kind_iterable:
@@ -158,13 +219,17 @@ class DataLoader(Generic[T_co]):
                 "with drop_last"
             )
 
+        self._output_mode = _output.resolve_output(output)  # may import torch ("torch")
+        self._torch_in_use = adopt_torch_bases()  # torch imported: torch's classes too
         self._seed_source = as_source(generator)
+        if self._torch_in_use:
+            generator = torch_view(generator, self._seed_source)
         if sampler is None:
             if self._dataset_kind_iterable:
                 sampler = _InfiniteConstantSampler()
             elif shuffle:
-                sampler = RandomSampler(dataset, generator=self._seed_source)
-                sampler.generator = generator  # shares our seed stream; shows the user's object
+                sampler = RandomSampler(dataset, generator=generator)
+                sampler._seed_from(generator, self._seed_source)  # one stream for both
             else:
                 sampler = SequentialSampler(dataset)
         if batch_size is not None and batch_sampler is None:
@@ -180,13 +245,16 @@ class DataLoader(Generic[T_co]):
         self.collate_fn = collate_fn
         self.persistent_workers = persistent_workers
         self.output = output
-        self._output_mode = _output.resolve_output(output)
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.seeding = seeding
 
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None
         self._iterator: BaseIter | None = None
         self._recorder = Recorder()
-        self._autotuner = AutoTuner(num_workers, resizable=not self._dataset_kind_iterable) \
+        self._ledger = Ledger(self)
+        # per-worker resume state (an IterableDataset, a Stateful dataset) pins the count
+        self._autotuner = AutoTuner(num_workers, resizable=not self._ledger.per_worker) \
             if autotune else None
         self.check_worker_number_rationality()
 
@@ -198,6 +266,9 @@ class DataLoader(Generic[T_co]):
 
     @multiprocessing_context.setter
     def multiprocessing_context(self, ctx: Any) -> None:
+        """Kept as a standard-library context, as torch keeps it (torch code rebuilding a
+        loader from this attribute accepts no other); workers start through the
+        ``multiprocess`` context of the same start method either way."""
         if ctx is not None:
             if self.num_workers > 0:
                 if isinstance(ctx, str):
@@ -207,7 +278,7 @@ class DataLoader(Generic[T_co]):
                             "multiprocessing_context option should specify a valid start "
                             f"method in {valid!r}, but got multiprocessing_context={ctx!r}"
                         )
-                    ctx = multiprocess.get_context(ctx)
+                    ctx = std_multiprocessing.get_context(ctx)
                 if not isinstance(ctx, (std_multiprocessing.context.BaseContext,
                                         multiprocess.context.BaseContext)):
                     raise TypeError(
@@ -215,6 +286,8 @@ class DataLoader(Generic[T_co]):
                         "string specifying the start method, but got "
                         f"multiprocessing_context={ctx}"
                     )
+                if isinstance(ctx, multiprocess.context.BaseContext):
+                    ctx = std_multiprocessing.get_context(ctx.get_start_method())
             else:
                 raise ValueError(
                     "multiprocessing_context can only be used with multi-process loading "
@@ -246,7 +319,7 @@ class DataLoader(Generic[T_co]):
 
     def _get_iterator(self) -> BaseIter:
         if self._autotuner is not None:
-            self.num_workers = self._autotuner.current  # what the last epoch settled on
+            self.num_workers = AutoWorkers(self._autotuner.current)  # what the last epoch chose
         if self.num_workers == 0:
             return SingleProcessIter(self)
         self.check_worker_number_rationality()
@@ -254,12 +327,18 @@ class DataLoader(Generic[T_co]):
         return MultiProcessIter(self)
 
     def __iter__(self) -> BaseIter:
+        if self._autotuner is not None:
+            self.num_workers = AutoWorkers(self._autotuner.current)
+        self._ledger.begin()
         if self.persistent_workers and self.num_workers > 0:
             if self._iterator is None:
                 self._iterator = self._get_iterator()
             else:
                 self._iterator._reset(self)
             return self._iterator
+        if self._iterator is not None:  # "auto" settled on the main process: no pool now
+            iterator, self._iterator = self._iterator, None
+            iterator.close()
         return self._get_iterator()
 
     def __len__(self) -> int:
@@ -305,3 +384,41 @@ class DataLoader(Generic[T_co]):
         iterator, self._iterator = self._iterator, None
         if iterator is not None and hasattr(iterator, "close"):
             iterator.close()
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader stands: after the last batch handed out by its latest
+        iterator (prefetched batches do not count), a plain dict that survives
+        ``json.dumps``. Before the first ``iter()`` it describes the first epoch's
+        start; after an epoch's last batch *and* its end (``StopIteration``), the next
+        epoch's start. Starts no worker; costs about a microsecond. States taken within
+        one epoch share their unchanging nested parts: ``copy.deepcopy`` one before
+        changing it in place.
+        """
+        return self._ledger.state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from ``state_dict`` on the next ``iter()`` (once); ``{}`` does nothing.
+
+        The generators and samplers are put back now (so a ``sampler.set_epoch`` after
+        this call still decides the next epoch), the position on the next ``iter()``.
+        Any ``num_workers`` may resume a map-style state. Per-worker states (an
+        IterableDataset, a Stateful map-style dataset) need the same number of workers
+        (0 and 1 count as one), unless the dataset has a method
+        ``reshard_state(states, num_workers) -> list``: it gets one dict per saved
+        replica (``dataset``, ``iterator``: their saved states or None; ``batches``:
+        batches that replica handed out this epoch; ``batches_since_state``: those made
+        after its state was taken) and returns ``num_workers`` dicts (``dataset``,
+        ``iterator``) that the new replicas load before (dataset) and after
+        (iterator) ``iter(dataset)``.
+
+        Raises ValueError naming the field when the state does not fit this loader
+        (dataset length, batch size, sampler, seeding, worker count, version...).
+        """
+        if isinstance(state_dict, dict) and not state_dict:
+            return
+        self._ledger.load(state_dict)
+
+
+StatefulDataLoader = DataLoader  # torchdata's name for a DataLoader with state_dict()

@@ -3,9 +3,12 @@
 All replicas compute the same (optionally shuffled) order of ``0 .. N - 1``, make it
 evenly divisible (padding by repeating from the start, or dropping the tail with
 ``drop_last``) and keep every ``num_replicas``-th index starting at ``rank``, exactly as
-torch does. The shuffle is ``np.random.default_rng(seed + epoch).permutation(N)``, so it
-is identical on every replica without communication, and changes only through
-:meth:`DistributedSampler.set_epoch`.
+torch does. The shuffle is a function of ``seed + epoch`` only, so it is identical on every
+replica without communication and changes only through :meth:`DistributedSampler.set_epoch`.
+Where torch is imported it is torch's own (``torch.randperm`` on a generator seeded with
+``seed + epoch``), so ranks running torch's DistributedSampler and ranks running this one
+agree on the order; without torch it is ``np.random.default_rng(seed + epoch).permutation``
+(no rank of such a job can be running torch's).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .sampler import Sampler
+from .sampler import Sampler, _Resumable
 
 __all__ = ["DistributedSampler"]
 
@@ -36,6 +39,16 @@ def _initialized_process_group():
     return None
 
 
+def _permutation(n: int, seed: int) -> list[int]:
+    """The shuffled order of one epoch: torch's where torch is in use, else numpy's."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return np.random.default_rng(seed).permutation(n).tolist()
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.randperm(n, generator=generator).tolist()
+
+
 def _from_environment(variable: str) -> int:
     """World size or rank from ``torchrun``'s environment variables."""
     value = os.environ.get(variable)
@@ -44,7 +57,7 @@ def _from_environment(variable: str) -> int:
     return int(value)
 
 
-class DistributedSampler(Sampler[_T_co]):
+class DistributedSampler(_Resumable, Sampler[_T_co]):
     """The indices of ``dataset`` that belong to replica ``rank`` of ``num_replicas``.
 
     ``num_replicas`` and ``rank`` default to the initialized ``torch.distributed`` process
@@ -85,9 +98,12 @@ class DistributedSampler(Sampler[_T_co]):
         self.seed = seed
 
     def __iter__(self) -> Iterator[_T_co]:
+        replay, skip = self._take_replay()
+        epoch = self.epoch if replay is None else replay["epoch"]
+        self._pass_record = {"epoch": epoch}
         n = len(self.dataset)
         if self.shuffle:
-            indices = np.random.default_rng(self.seed + self.epoch).permutation(n).tolist()
+            indices = _permutation(n, self.seed + epoch)
         else:
             indices = list(range(n))
         if self.drop_last:
@@ -99,7 +115,8 @@ class DistributedSampler(Sampler[_T_co]):
             raise AssertionError(
                 f"Number of indices ({len(indices)}) does not match total_size ({self.total_size})"
             )
-        return iter(indices[self.rank : self.total_size : self.num_replicas])
+        start = self.rank + skip * self.num_replicas
+        return iter(indices[start : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -107,3 +124,16 @@ class DistributedSampler(Sampler[_T_co]):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch, which reseeds the shuffle of the next pass on every replica."""
         self.epoch = epoch
+
+    # resume (sampler.py's _Resumable): the epoch is state, the rest must agree
+    def _resume_config(self) -> dict:
+        return {"num_replicas": self.num_replicas, "rank": self.rank, "shuffle": self.shuffle,
+                "seed": self.seed, "drop_last": self.drop_last,
+                "num_samples": self.num_samples}
+
+    def _current_record(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+        self.epoch = state["epoch"]

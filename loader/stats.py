@@ -14,6 +14,8 @@
   the main process's time waiting for data, its own overhead, the consumer's time between
   ``next()`` calls, per-worker busy time split into fetch / collate / encode (transfer),
   queue depths, CPU% and RSS per worker, and a one-line ``summary`` of the limiter.
+- Self-healing counts (``loader/_healing.py``): worker restarts, stall warnings, and the
+  samples ``on_error="skip"`` left out, each as (index, exception type name, message).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __all__ = ["EpochStats", "LoaderStats", "Recorder", "WorkerStats", "run_queue_s"
 
 _CONSUMER_BOUND = 0.10  # main waits less than this share of a batch's cycle: consumer-bound
 _BUSY = 0.80  # workers busier than this share of the time are the limiter
+_TOTAL_SKIPPED_KEPT = 10_000  # skipped samples listed in the all-epochs figures (the count
+#                               stays exact): a bad dataset would otherwise grow it forever
 
 
 @dataclass
@@ -61,6 +65,10 @@ class EpochStats:
     depth_sum: int = 0  # outstanding tasks summed over next() calls, for the mean
     buffered_sum: int = 0  # reorder-buffer entries summed over next() calls
     workers: list[WorkerStats] = field(default_factory=list)
+    restarts: int = 0  # dead or stuck workers replaced (worker_restarts)
+    stalls: int = 0  # StallWarnings given (stall_warning_s)
+    skips: int = 0  # samples left out (on_error="skip")
+    skipped: list = field(default_factory=list)  # (index, exception type name, message)
 
     @property
     def samples_per_s(self) -> float:
@@ -122,10 +130,31 @@ class LoaderStats:
     autotune: dict[str, Any] | None = None  # what num_workers="auto" chose and why
 
     @property
+    def skipped(self) -> list:
+        """This epoch's skipped samples: (index, exception type name, message) each."""
+        return self.epoch.skipped
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced this epoch."""
+        return self.epoch.restarts
+
+    @property
+    def stalls(self) -> int:
+        """Stall warnings given this epoch."""
+        return self.epoch.stalls
+
+    @property
     def summary(self) -> str:
         e = self.epoch
         text = (f"{e.samples_per_s:,.0f} samples/s over {e.batches} batches with "
                 f"{self.num_workers} workers; limited by the {self.limiter}: {self.reason}")
+        healing = [f"{n} {one if n == 1 else many}" for n, one, many in (
+            (e.restarts, "worker restart", "worker restarts"),
+            (e.stalls, "stall warning", "stall warnings"),
+            (e.skips, "sample skipped", "samples skipped")) if n]
+        if healing:
+            text += "; this epoch: " + ", ".join(healing)
         if self.autotune:
             text += f'; num_workers="auto": {self.autotune["reason"]}'
         return text
@@ -137,7 +166,7 @@ class LoaderStats:
 _WORKER_FIELDS = ("batches", "samples", "fetch_s", "collate_s", "encode_s", "cpu_s")
 _ZERO = (0, 0, 0.0, 0.0, 0.0, 0.0, None)  # running totals, then the pid they belong to
 _MAIN_FIELDS = ("batches", "first_batch_s", "wait_s", "main_s", "consumer_s", "depth_sum",
-                "buffered_sum")
+                "buffered_sum", "restarts", "stalls", "skips")
 
 
 class Recorder:
@@ -155,8 +184,11 @@ class Recorder:
         self._left_next: float | None = None
         self.pids: list[int | None] = []
         self.autotune: dict[str, Any] | None = None
+        self.epochs = 0  # epochs started
+        self._total_skipped: list = []  # the skipped samples listed in the totals (capped)
 
     def start_epoch(self, num_workers: int, pids: list) -> None:
+        self.epochs += 1
         closed, epoch = self._closed, self.epoch
         for name in _MAIN_FIELDS:
             setattr(closed, name, getattr(closed, name) + getattr(epoch, name))
@@ -210,6 +242,20 @@ class Recorder:
             self._carry[worker_id] = _add(self._carry[worker_id], previous)
         latest[worker_id] = timing
 
+    def skip(self, items: list) -> None:
+        """Samples left out of their batch: (index, exception type name, message) each."""
+        self.epoch.skips += len(items)
+        self.epoch.skipped.extend(items)
+        room = _TOTAL_SKIPPED_KEPT - len(self._total_skipped)
+        if room > 0:
+            self._total_skipped.extend(items[:room])
+
+    def restarted(self) -> None:
+        self.epoch.restarts += 1
+
+    def stalled(self) -> None:
+        self.epoch.stalls += 1
+
     def main_fetch(self, samples: int) -> None:
         """num_workers=0: the main process fetched and collated ``samples``."""
         self._main_samples[0] += samples
@@ -240,6 +286,8 @@ class Recorder:
             total.workers.append(WorkerStats(**dict(zip(_WORKER_FIELDS, now))))
         epoch.samples = self._main_samples[0] + sum(w.samples for w in epoch.workers)
         total.samples = sum(self._main_samples) + sum(w.samples for w in total.workers)
+        epoch.skipped = list(self.epoch.skipped)
+        total.skipped = list(self._total_skipped)
         return epoch, total
 
     def snapshot(self, num_workers: int) -> LoaderStats:

@@ -18,6 +18,8 @@ import time
 import psutil
 import pytest
 
+from helpers import shm_held_by_others
+
 CHILD_LIMIT_S = 60  # a child interpreter that runs longer than this has hung
 GONE_WITHIN_S = 5.0  # how soon a worker must be gone after its main process is
 
@@ -61,12 +63,6 @@ def assert_gone(pids: list[int]) -> None:
         alive = [p for p in alive if _alive(p)]
         time.sleep(0.05)
     assert not alive, f"worker processes survived: {alive}"
-
-
-def _shm() -> set[str]:
-    """/dev/shm entries, less named semaphores (sem.*): like the leak fixture, since other
-    processes on the machine make those and our loader makes none."""
-    return {n for n in os.listdir("/dev/shm") if not n.startswith("sem.")}
 
 
 def _alive(pid: int) -> bool:
@@ -209,7 +205,7 @@ report(pids=list(it.worker_pids))
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_main_killed_takes_workers_with_it(sig):
-    shm_before = _shm()
+    shm_before = set(os.listdir("/dev/shm"))
     code = PRELUDE + textwrap.dedent(HOLD) + "\ntime.sleep(60)\n"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -223,7 +219,8 @@ def test_main_killed_takes_workers_with_it(sig):
         proc.wait()
         proc.stdout.close()
     assert_gone(pids)
-    assert _shm() <= shm_before
+    new = set(os.listdir("/dev/shm")) - shm_before
+    assert not new - shm_held_by_others(new, {os.getpid()})
 
 
 def test_ctrl_c_exits_cleanly_without_worker_tracebacks():
@@ -287,7 +284,7 @@ def test_hundred_abandoned_iterators_leave_nothing():
 
     gc.collect()
     before = _resources()
-    shm_before = _shm()
+    shm_before = set(os.listdir("/dev/shm"))
     persistent = DataLoader(DS(), batch_size=4, num_workers=1, persistent_workers=True)
     for round_ in range(25):
         for batch in DataLoader(DS(), batch_size=4, num_workers=2):  # break
@@ -313,7 +310,8 @@ def test_hundred_abandoned_iterators_leave_nothing():
         time.sleep(0.1)
         gc.collect()
     assert settled(), (before, _resources())
-    assert _shm() <= shm_before
+    new = set(os.listdir("/dev/shm")) - shm_before
+    assert not new - shm_held_by_others(new, {os.getpid()})
 
 
 def test_new_iter_mid_epoch_on_persistent_workers_gives_a_full_epoch():

@@ -23,15 +23,17 @@
   latest. Like the fork-time freeze/unfreeze this replaces, ``unfreeze`` also returns
   objects the user froze before to the collector.
 - A release from inside a collection (``__del__``) unfreezes from gc's "stop" callback.
+- Forks outside a hold (a worker replaced or added in a later epoch) freeze only around
+  the fork (:func:`fork`), as before: the child inherits a frozen heap either way.
 """
 
 from __future__ import annotations
 
 import gc
 import weakref
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["hold", "holding", "release", "snapshot"]
+__all__ = ["fork", "hold", "holding", "release", "snapshot"]
 
 _state: dict[str, Any] = {"holder": None, "collecting": False, "pending": False}
 
@@ -52,6 +54,27 @@ def hold(owner: Any) -> None:
 def holding(owner: Any) -> bool:
     ref = _state["holder"]
     return ref is not None and ref() is owner
+
+
+def _held() -> bool:
+    ref = _state["holder"]
+    return ref is not None and ref() is not None
+
+
+def fork(start: Callable[[], None]) -> None:
+    """Run ``start`` (which forks) with the parent's objects frozen for the child, so its
+    collections never walk (and copy-on-write) them. While an iterator holds the freeze
+    the objects older than it are frozen already and nothing changes; otherwise (a worker
+    replaced or added after the first epoch) they are frozen around the fork only."""
+    if _held():
+        start()
+        return
+    gc.freeze()
+    try:
+        start()
+    finally:
+        if not _held():
+            gc.unfreeze()
 
 
 def release(owner: Any) -> None:

@@ -3,7 +3,7 @@
 ```
  main ──Task/Resume/Stop──▶ task ring (ipc/channel.py) + this worker's doorbell
                              │ fetch + collate (workers/fetch.py) into a free slot
- main ◀──Result/Failure/IterEnd── result ring + the pool's results doorbell
+ main ◀──Result/Failure/IterEnd/EmptyBatch/BatchNote── result ring + the pool's doorbell
           (a record too big for its ring goes by zmq, its place kept by a SPILL record)
 ```
 
@@ -14,8 +14,15 @@
   process has stored its release (``released[slot]`` equals what was published in it);
   with none free, the batch travels in-band. User code that raises becomes a
   ``Failure``; a replica that ends becomes ``IterEnd``.
+  With ``on_error="skip"`` samples that raise are left out and listed in a ``BatchNote``
+  sent just before the reply (an ``EmptyBatch`` when none was left); with restarts on, a
+  Stateful replica's position rides in the same note.
 - Per batch the worker pays one task record read, one result record write and one
   doorbell ``write``; it sleeps in ``poll`` only when its task ring is empty.
+- A replacement worker (``WorkerPool.restart``) is this same loop started with the dead
+  worker's id, the count of results published in each slot that the main process last
+  received (so slots whose batches the user holds stay taken), and the replica position
+  the main process last received.
 - Shutdown: ``Stop`` ends the loop; so does the death of the main process (a pidfd in the
   same poll, or a parent-pid check where pidfds are missing). The worker leaves with
   ``os._exit`` so nothing inherited from the parent runs at exit.
@@ -41,15 +48,21 @@ import zmq
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
 from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell, open_pipe_end
-from loader.ipc.messages import Failure, IterEnd, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Result, Resume,
+                                 Stop, Task, pack, unpack)
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import make_fetcher
+from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
 from loader.workers.landing import landing_collate
-from loader.workers.seeding import seed_worker
+from loader.workers.progress import ProgressWord
+from loader.workers.seeding import BatchSeeder, seed_worker
 from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
+
+# collate functions that allocate their arrays in the slot already (loader/collate.py)
+_DEFAULT_COLLATES = (collate.collate_arrays, collate.convert_arrays, collate.default_collate,
+                     collate.default_convert)
 
 _PARENT_CHECK_MS = 1000  # how often a worker without a pidfd checks that its parent lives
 _TIMER_SLACK_NS = 1_000  # a worker's timer slack (Linux default 50 us): a dataset that waits
@@ -83,17 +96,39 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    progress_fd: int  # where the batch in hand is written (workers/progress.py)
+    on_error: str = "raise"  # "skip": samples whose fetch raises are left out
+    track_state: bool = False  # send the replica's position with every batch (restarts on)
+    published: list | None = None  # a replacement's results per slot so far (None: none)
+    replica_state: dict | None = None  # a replacement's replica position (None: the start)
+    seeding: str = "per_worker"  # or "per_batch" (workers/seeding.py)
+    seed_epoch: int = 0  # the loader's epoch, for per-batch seeds
+    snapshot_every: int = 0  # take the replica's resume entry every N batches (0: never)
+    restore: Any = None  # where this worker's replica starts after a resume (loader/state.py)
 
 
 class _Epoch:
-    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
+    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure.
+
+    A resume's ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the
+    last epoch left it) is loaded before seeding, as that dataset was when its worker was
+    reseeded; any other (a position inside the epoch) after ``worker_init_fn``, where it
+    was taken.
+    """
 
     def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
-                 collate_fn: Callable) -> None:
+                 collate_fn: Callable, replica_state: dict | None = None,
+                 seed_epoch: int = 0, restore: Any = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
         self.init_error: Failure | None = None
+        if restore is not None and restore.get("epoch_start"):
+            try:
+                load_dataset_state(spec.dataset, restore.get("entry"), copy_state=False)
+            except Exception as exc:
+                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+            restore = None
         seed, rng = seed_worker(base_seed, spec.worker_id)
         _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
                                     dataset=spec.dataset, rng=rng, epoch=epoch))
@@ -102,10 +137,15 @@ class _Epoch:
                 spec.worker_init_fn(spec.worker_id)
             except Exception as exc:  # reported as the reply to this epoch's first task
                 self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+        seeder = BatchSeeder(base_seed, seed_epoch, rng, keep_user_state=False) \
+            if spec.seeding == "per_batch" else None
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        collate_fn, spec.drop_last)
-        except Exception as exc:  # an IterableDataset's __iter__ raised
+                                        collate_fn, spec.drop_last, spec.on_error,
+                                        replica_state, seeder=seeder,
+                                        every=spec.snapshot_every, worker_id=spec.worker_id,
+                                        restore=restore)
+        except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
             self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
 
 
@@ -147,7 +187,10 @@ class _Worker:
         self.out.setsockopt(zmq.LINGER, -1)
         self.out.connect(spec.result_address)
         self.writer = SlotWriter.open(main, spec.slot_fds, inherited)
-        self.published = [0] * self.writer.num_slots  # results sent in each slot
+        self.progress = ProgressWord.open(main, spec.progress_fd, inherited)
+        # results sent in each slot (a replacement goes on from what the main received)
+        self.published = list(spec.published) if spec.published is not None \
+            else [0] * self.writer.num_slots
         self.pending: deque = deque()
         self.parent_fd = _parent_watch(main)
         self.poller = select.poll()
@@ -156,16 +199,20 @@ class _Worker:
             self.poller.register(self.parent_fd, select.POLLIN)
         self.totals = [0, 0, 0.0, 0.0, 0.0, 0.0]  # batches, samples, fetch, collate, encode, cpu
         collate_fn = spec.collate_fn
-        if collate_fn not in (collate.default_collate, collate.default_convert):
+        if collate_fn not in _DEFAULT_COLLATES:
             collate_fn = landing_collate(collate_fn, self.writer.alloc)  # workers/landing.py
         self.collate_fn = collate_fn
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, True, collate_fn)
+        self.state = _Epoch(spec, spec.epoch, spec.base_seed, True, collate_fn,
+                            replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
+                            restore=spec.restore)
         self.cpu0 = thread_time()  # CPU before the first task (start-up is not per batch)
         self.pid = os.getpid()  # sent with the totals: a restarted worker counts anew
 
     def send(self, msg: Any) -> None:
+        self.send_record(pack(msg))
+
+    def send_record(self, record: bytes) -> None:
         """One record in the result ring, or the spill path when it does not fit."""
-        record = pack(msg)
         ring = self.result_ring
         if not ring.write(record):
             self.out.send(record)
@@ -227,7 +274,8 @@ class _Worker:
             item = self.pending.popleft()
             if type(item) is Resume:
                 self.state = _Epoch(self.spec, item.epoch, item.base_seed, False,
-                                    self.collate_fn)
+                                    self.collate_fn, seed_epoch=item.seed_epoch,
+                                    restore=item.restore)
             else:
                 self.serve(item)
 
@@ -253,12 +301,15 @@ class _Worker:
             state.ended = True
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
+        self.progress.started(task.epoch, task.batch_id)
         slot = self.free_slot()
         writer = self.writer
         writer.begin(slot)
         previous = collate.use_allocator(writer.alloc)
+        note = None
         try:
-            batch = state.fetcher.fetch(task.indices)
+            batch = state.fetcher.fetch(task.indices, task.batch_id)
+            note = self.note(task, state.fetcher)
             t0 = perf_counter()
             kind, payload, spans = codec.encode(batch, writer)
             encode_s = perf_counter() - t0
@@ -269,7 +320,13 @@ class _Worker:
                 self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
                 return
             state.ended = True
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+            self.send_note(task, state.fetcher, with_state=False)
+            self.send(IterEnd(task.epoch, task.batch_id, wid, self.end_state()))
+            return
+        except BatchSkipped:
+            writer.end()
+            self.send_note(task, state.fetcher)
+            self.send(EmptyBatch(task.epoch, task.batch_id, wid))
             return
         except Exception as exc:
             writer.end()
@@ -291,8 +348,39 @@ class _Worker:
         totals[3] += fetcher.collate_s
         totals[4] += encode_s
         totals[5] = thread_time() - self.cpu0  # the whole loop's, read once per batch
+        if note is not None:
+            self.send_record(note)
+        entry = getattr(fetcher, "entry", None)  # a resume entry (TrackedFetcher)
         self.send(Result(task.epoch, task.batch_id, wid, slot, size, gen, kind, spans,
-                         (*totals, self.pid), payload))
+                         (*totals, self.pid), payload, entry))
+
+    def end_state(self) -> Any:
+        """The Stateful dataset's state as its ended replica leaves it (None otherwise);
+        a persistent worker's next epoch starts from it after a resume."""
+        try:
+            return end_state(self.spec.dataset)
+        except Exception:  # nowhere to report it: such a resumed next epoch starts fresh
+            return None
+
+    def note(self, task: Task, fetcher: Any, with_state: bool = True) -> bytes | None:
+        """The packed BatchNote for the batch just fetched, or None when there is nothing to
+        say (the default path: no skips, no restarts). Raises what ``state_dict()`` or
+        pickling its result raises, so that it becomes this batch's Failure."""
+        skipped = fetcher.skipped
+        position = fetcher.state() if with_state and self.spec.track_state else None
+        if not skipped and position is None:
+            return None
+        return pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id, tuple(skipped),
+                              position))
+
+    def send_note(self, task: Task, fetcher: Any, with_state: bool = True) -> None:
+        try:
+            note = self.note(task, fetcher, with_state)
+        except Exception:  # the batch has no samples to lose; its skips are lost with it
+            note = pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id,
+                                  tuple(fetcher.skipped), None))
+        if note is not None:
+            self.send_record(note)
 
     def close(self) -> None:
         self.out.close(linger=1000)

@@ -4,10 +4,11 @@ machine, their memfd slots and control channels; start, talk, notice death, shut
 ```
  WorkerPool ──start──▶ N processes (multiprocess: fork / spawn / forkserver)
    per worker k: Channel (ipc/channel.py): task ring ─▶ k, result ring ◀─ k,
-                 released[slot] counters; a task doorbell (pipe) that wakes k
+                 released[slot] counters; a task doorbell (pipe) that wakes k;
+                 a ProgressWord (the batch in hand)
    one results doorbell (pipe) that every worker rings after publishing
-   spill path (records too big for a ring): PUSH ─▶ ipc://@<run>-task-k,
-                 PULL ◀─ ipc://@<run>-results
+   spill path (records too big for a ring): PUSH ─▶ ipc://@<run>-task-k.g,
+                 PULL ◀─ ipc://@<run>-results-k.g (g: the worker's generation)
    poller: the results doorbell, the spill socket and every worker's sentinel
    arenas: one per worker (ipc/arena.py); a lease stores its release in the channel
 ```
@@ -15,11 +16,15 @@ machine, their memfd slots and control channels; start, talk, notice death, shut
 - The parent: :meth:`submit` writes a task record into worker k's ring and rings k;
   :meth:`receive` reads the next record from any ring (the one asked for first), with no
   system call while records are waiting; it sleeps in one ``poll`` only when every ring
-  is empty, and wakes at once when a worker rings or dies.
+  is empty, and wakes at once when a worker rings or dies. A death is reported only after
+  every record the dead worker published has been returned and its spill connection has
+  closed (``workers/drain.py``), so the iterator can tell exactly which tasks it owes.
+- Restart (``worker_restarts``): :meth:`restart` replaces a dead worker by a new process
+  with the same id, arena, channel and dump file and new spill sockets. Its task ring is
+  emptied (the iterator submits again what is owed), and it starts counting what it has
+  published in each slot from the last result the main process received there, so a
+  slot whose batch the user still holds is free only once that lease is dropped.
 - The worker: ``workers/loop.py``.
-- A replacement for a dead worker must get a new Channel and Arena (not the old ones):
-  leases the user still holds store releases into the old channel's counters, and a new
-  process starts counting what it published from zero.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
   timeout, SIGKILL survivors, close sockets, pipes and slots). Iterator exhaustion,
   ``close()``, garbage collection, errors and interpreter exit all end here. Sockets live
@@ -47,17 +52,19 @@ from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell
 from loader.ipc.codec import decode
 from loader.ipc.messages import Result, Resume, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
+from loader.workers import freeze
+from loader.workers.drain import ConnectionLedger
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
+from loader.workers.progress import ProgressWord
 from loader.workers.seeding import warm_before_fork
 from loader.workers.threads import scan_before_fork
 
 __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
-_DEATH_GRACE_MS = 10  # after a sentinel fires and its ring is empty: time for our own zmq
-#                       I/O thread to hand over a spilled last message already in the
-#                       socket (a dead worker sends nothing more; ring records are there)
+_DRAIN_TIMEOUT_S = 2.0  # after a death: how long its spilled messages may take to arrive
+#                        (milliseconds in practice; a bound so that a death never hangs)
 _RECONNECT_MS = 2  # the task socket connects before its worker binds: retry this soon
 #                    (zmq's default, 100 ms, was most of the time to the first batch)
 _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole MiB)
@@ -69,7 +76,8 @@ _ALL_SLOT_FDS: set[int] = set()  # every shared fd of this process, closed in fo
 
 @dataclass(frozen=True)
 class ExitedWorker:
-    """What remains known of a worker after shutdown (its Process object is closed)."""
+    """What remains known of a worker after shutdown (its Process object is closed), with
+    a Process's interface: code written for torch's ``_workers`` joins or terminates them."""
 
     pid: int
     name: str
@@ -78,6 +86,14 @@ class ExitedWorker:
     def is_alive(self) -> bool:
         return False
 
+    def join(self, timeout: float | None = None) -> None:
+        """Returns at once: the worker has exited."""
+
+    def terminate(self) -> None:
+        """Nothing to stop: the worker has exited."""
+
+    kill = close = terminate
+
 
 class WorkerPool:
     """``num_workers`` worker processes, their channels and their shared-memory arenas."""
@@ -85,7 +101,9 @@ class WorkerPool:
     def __init__(self, *, num_workers: int, context: Any, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
-                 thread_limit: int | None) -> None:
+                 thread_limit: int | None, on_error: str = "raise",
+                 track_state: bool = False, seeding: str = "per_worker", seed_epoch: int = 0,
+                 snapshot_every: int = 0, restore: list | None = None) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self._closed = False
@@ -98,14 +116,19 @@ class WorkerPool:
         self._channels: list[Channel] = []
         self._bells: list[Doorbell] = []  # per worker: wakes it when a task is posted
         self._spilled: list[deque] = []  # per worker: spill-path messages not yet due
+        self._issued: list[dict[int, int]] = []  # per worker: slot -> gen last received
         self._dump_fds: list[int] = []
+        self._progress: list[ProgressWord] = []  # per worker: the batch it has in hand
         self._tasks: list[zmq.Socket] = []
+        self._generation: list[int] = []  # per worker: how many times it was replaced
+        self._settled: set[int] = set()  # dead workers whose every message has arrived
+        self._sentinels: dict[int, int] = {}  # worker -> the sentinel fd the poller watches
         self._next = 0  # where the next scan of the rings starts (fairness)
         self._run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
         self._results.setsockopt(zmq.RCVHWM, 0)
         self._results.setsockopt(zmq.LINGER, 0)
-        self._results.bind(f"{self._run}-results")
+        self._ledger = ConnectionLedger(self._results)  # before any worker can connect
         self._results_bell = Doorbell.create()
         _ALL_SLOT_FDS.update(self._results_bell.fds)
         self._poller = zmq.Poller()
@@ -116,7 +139,13 @@ class WorkerPool:
         self._slots = slots_per_worker
         self._spec = dict(dataset=dataset, iterable=iterable, auto_collation=auto_collation,
                           collate_fn=collate_fn, drop_last=drop_last,
-                          worker_init_fn=worker_init_fn, thread_limit=thread_limit)
+                          worker_init_fn=worker_init_fn, thread_limit=thread_limit,
+                          on_error=on_error, track_state=track_state, seeding=seeding,
+                          snapshot_every=snapshot_every)
+        self._seed_epoch = seed_epoch  # the loader's epoch, for per-batch seeds
+        # per worker: where its replica starts this epoch after a resume (loader/state.py);
+        # a replacement with no replica position of its own starts there too
+        self._restore: list = list(restore or [])
         _LIVE_POOLS.add(self)
         try:
             check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
@@ -144,33 +173,68 @@ class WorkerPool:
             arena = Arena(k, self._slots, channel.words, channel.release_index)
             bell = Doorbell.create()
             dump_fd = os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
+            progress = ProgressWord.create(k)
             self._channels.append(channel)
             self._arenas.append(arena)
             self._bells.append(bell)
             self._spilled.append(deque())
+            self._issued.append({})
             self._dump_fds.append(dump_fd)
-            own = set(arena.fds) | {dump_fd, channel.fd, *bell.fds, *self._results_bell.fds}
-            _ALL_SLOT_FDS.update(own)
-            sock = self._zmq.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
-            sock.connect(f"{self._run}-task-{k}")
-            self._tasks.append(sock)
-            spec = WorkerSpec(
-                worker_id=k, num_workers=total, base_seed=base_seed, epoch=epoch,
-                task_address=f"{self._run}-task-{k}", result_address=f"{self._run}-results",
-                main_pid=os.getpid(), slot_fds=list(arena.fds), channel_fd=channel.fd,
-                task_bell_fd=bell.read_fd, results_bell_fd=self._results_bell.write_fd,
-                fds_inherited=self._inherited,
-                close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
-                dump_fd=dump_fd, **self._spec)
-            process = self._context.Process(target=worker_main, args=(spec,), daemon=True,
-                                            name=f"loader-worker-{k}")
-            self._processes.append(process)
+            self._progress.append(progress)
+            _ALL_SLOT_FDS.update(self._own_fds(k))
+            self._generation.append(0)
+            self._tasks.append(self._connect(k))
+            self._processes.append(self._process(k, total, epoch, base_seed))
+            if len(self._restore) <= k:
+                self._restore.append(None)
             self._pids.append(None)
             self.num_workers += 1
         return ids
+
+    def _own_fds(self, worker_id: int) -> set[int]:
+        """The descriptors worker ``worker_id`` needs (a forked one closes the others)."""
+        k = worker_id
+        return set(self._arenas[k].fds) | {self._dump_fds[k], self._channels[k].fd,
+                                           self._progress[k].fd, *self._bells[k].fds,
+                                           *self._results_bell.fds}
+
+    def _addresses(self, worker_id: int) -> tuple[str, str]:
+        """(task, results) spill endpoints of the worker's current generation."""
+        name = f"{worker_id}.{self._generation[worker_id]}"
+        return f"{self._run}-task-{name}", f"{self._run}-results-{name}"
+
+    def _connect(self, worker_id: int) -> zmq.Socket:
+        """The spill task socket of the worker's current generation, and its results
+        endpoint."""
+        task_address, result_address = self._addresses(worker_id)
+        self._results.bind(result_address)
+        sock = self._zmq.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
+        sock.connect(task_address)
+        return sock
+
+    def _process(self, worker_id: int, num_workers: int, epoch: int, base_seed: int,
+                 published: list | None = None, replica_state: dict | None = None) -> Any:
+        """A prepared (not started) process for worker ``worker_id``'s current generation."""
+        k = worker_id
+        arena, channel = self._arenas[k], self._channels[k]
+        own = self._own_fds(k)
+        task_address, result_address = self._addresses(k)
+        restore = self._restore[k] if k < len(self._restore) else None
+        spec = WorkerSpec(
+            worker_id=k, num_workers=num_workers, base_seed=base_seed, epoch=epoch,
+            task_address=task_address, result_address=result_address, main_pid=os.getpid(),
+            slot_fds=list(arena.fds), channel_fd=channel.fd,
+            task_bell_fd=self._bells[k].read_fd, results_bell_fd=self._results_bell.write_fd,
+            fds_inherited=self._inherited,
+            close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
+            dump_fd=self._dump_fds[k], progress_fd=self._progress[k].fd, published=published,
+            replica_state=replica_state, seed_epoch=self._seed_epoch,
+            restore=restore if replica_state is None else None, **self._spec)
+        return self._context.Process(target=worker_main, args=(spec,), daemon=True,
+                                     name=f"loader-worker-{k}")
 
     def start(self, count: int | None = None) -> None:
         """Start prepared worker processes: ``count`` of them, or all. The rest start one
@@ -183,15 +247,86 @@ class WorkerPool:
                 if count <= 0:
                     return
                 count -= 1
-            process.start()  # fork: the parent's older objects are frozen (workers/freeze.py)
-            self._pids[k] = process.pid
-            self._poller.register(process.sentinel, zmq.POLLIN)
+            self._start_process(k)
+
+    def _start_process(self, worker_id: int) -> None:
+        process = self._processes[worker_id]
+        if self._inherited:
+            freeze.fork(process.start)  # the child never walks the parent's objects
+        else:
+            process.start()
+        self._pids[worker_id] = process.pid
+        self._sentinels[worker_id] = process.sentinel
+        self._poller.register(process.sentinel, zmq.POLLIN)
+
+    # ------------------------------------------------------------------ self-healing
+
+    def restart(self, worker_id: int, epoch: int, base_seed: int,
+                replica_state: dict | None = None) -> None:
+        """Replace dead worker ``worker_id`` (after :meth:`receive` reported its death) by a
+        new process with the same id, seeds (``base_seed``) and ``worker_init_fn``, starting
+        at ``epoch``; an iterable replica resumes from ``replica_state``. Tasks submitted
+        to the dead worker are gone: submit again what is still owed."""
+        k = worker_id
+        old = self._processes[k]
+        if old.exitcode is None or k not in self._settled:
+            raise WorkerError(
+                f"DataLoader worker {k} ({self.describe(k)}) cannot be replaced: it died but "
+                f"its last messages were not all received within {_DRAIN_TIMEOUT_S} s, so "
+                "a batch could be yielded twice", worker_id=k, pid=old.pid,
+                exitcode=old.exitcode)
+        self._unwatch(k)
+        old.join(_JOIN_TIMEOUT_S)
+        try:
+            old.close()
+        except (ValueError, AttributeError):
+            pass
+        self._settled.discard(k)
+        _, result_address = self._addresses(k)
+        try:
+            self._results.unbind(result_address)
+        except zmq.ZMQError:
+            pass
+        self._ledger.forget(result_address)
+        self._tasks[k].close(linger=0)
+        self._generation[k] += 1
+        self._tasks[k] = self._connect(k)
+        channel = self._channels[k]
+        channel.drop_tasks()  # the dead worker's queue: the iterator submits what is owed
+        self._spilled[k].clear()  # spilled without their SPILL record: never delivered
+        if not STRONG_ORDER:
+            self._credit(self._results_bell.drain())
+            channel.results.credits = 0
+        issued = self._issued[k]
+        published = [issued.get(slot, 0) for slot in range(self._slots)]
+        self._progress[k].reset()
+        self._processes[k] = self._process(k, self.num_workers, epoch, base_seed, published,
+                                           replica_state)
+        self._pids[k] = None
+        self._start_process(k)
+
+    def in_hand(self, worker_id: int) -> tuple[int, int] | None:
+        """(epoch, batch id) of the task the worker started last, (-1, -1) before its
+        first (workers/progress.py)."""
+        return self._progress[worker_id].in_hand()
+
+    def _unwatch(self, worker_id: int) -> None:
+        """Stop polling the worker's sentinel (the descriptor registered, not whatever the
+        process object holds now)."""
+        sentinel = self._sentinels.pop(worker_id, None)
+        if sentinel is not None:
+            self._poller.unregister(sentinel)
+
+    def kill(self, worker_id: int) -> None:
+        """SIGKILL a worker (one that is stuck); :meth:`receive` then reports its death."""
+        process = self._processes[worker_id]
+        if process.exitcode is None:
+            process.kill()
 
     def retire(self, worker_id: int) -> None:
         """Stop a worker on purpose; its exit is not an error. Give it no more tasks."""
         self._retired.add(worker_id)
-        process = self._processes[worker_id]
-        self._poller.unregister(process.sentinel)
+        self._unwatch(worker_id)
         self._post(worker_id, Stop())
 
     # ------------------------------------------------------------------ introspection
@@ -233,8 +368,12 @@ class WorkerPool:
                                    "markers")
         self._bells[worker_id].ring()
 
-    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
-        self._post(worker_id, Resume(epoch, base_seed))
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
+                  restore: Any = None) -> None:
+        self._seed_epoch = seed_epoch  # workers added or replaced in this epoch seed alike
+        if worker_id < len(self._restore):
+            self._restore[worker_id] = restore
+        self._post(worker_id, Resume(epoch, base_seed, seed_epoch, restore))
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         """Queue a task for ``worker_id``."""
@@ -252,7 +391,9 @@ class WorkerPool:
         if prefer is not None:  # the common case: the batch due next is already there
             record = self._channels[prefer].results.read()
             if record is not None:
-                return self._deliver(prefer, record)
+                got = self._deliver(prefer, record)
+                if got is not None:
+                    return got
         deadline = None
         while True:
             got = self._take(prefer)
@@ -306,17 +447,25 @@ class WorkerPool:
         return None
 
     def _take_from(self, worker_id: int) -> tuple[Any, Any] | None:
-        record = self._channels[worker_id].results.read()
-        return None if record is None else self._deliver(worker_id, record)
+        while True:
+            record = self._channels[worker_id].results.read()
+            if record is None:
+                return None
+            got = self._deliver(worker_id, record)
+            if got is not None:
+                return got  # else a spilled message died with its worker: on to the next
 
-    def _deliver(self, worker_id: int, record: tuple) -> tuple[Any, Any]:
+    def _deliver(self, worker_id: int, record: tuple) -> tuple[Any, Any] | None:
         tag, payload = record
         message = unpack(payload) if tag == MSG else self._spilled_from(worker_id)
+        if message is None:
+            return None
         if type(message) is Result:
             lease = None
             if message.slot >= 0 and message.slot_size:
                 lease = self._arenas[worker_id].lease(message.slot, message.slot_size,
                                                       message.gen)
+                self._issued[worker_id][message.slot] = message.gen
             return message, decode(message.codec, message.payload, lease, message.spans)
         return message, None
 
@@ -328,33 +477,35 @@ class WorkerPool:
             self._spilled[message.worker_id].append(message)
 
     def _spilled_from(self, worker_id: int) -> Any:
-        """Worker k's next spill-path message: its SPILL record says it was sent."""
+        """Worker k's next spill-path message (its SPILL record says it was sent), or None
+        when the worker died before zmq delivered it (the batch is then owed)."""
         queue = self._spilled[worker_id]
         while not queue:
             self._pull_spilled()
             if queue:
                 break
             if not self._results.poll(_POLL_MS, zmq.POLLIN):
-                process = self._processes[worker_id]
-                if process.exitcode is not None:
-                    raise WorkerError(describe_exit(worker_id, process.pid, process.exitcode),
-                                      worker_id=worker_id, pid=process.pid,
-                                      exitcode=process.exitcode)
+                if self._processes[worker_id].exitcode is not None and \
+                        self._ledger.wait_closed(self._addresses(worker_id)[1],
+                                                 _DRAIN_TIMEOUT_S):
+                    self._pull_spilled()
+                    if not queue:
+                        return None
         return queue.popleft()
 
     def _raise_if_dead(self) -> None:
-        dead = [(k, p) for k, p in enumerate(self._processes)
-                if k not in self._retired and self._pids[k] is not None
-                and p.exitcode is not None]
-        if not dead:
-            return
-        if any(c.results.ready() for c in self._channels):
-            return  # its last words are already here: deliver them first
-        if self._results.poll(_DEATH_GRACE_MS):
-            return  # ... or still arriving by the spill path
-        k, process = dead[0]
-        raise WorkerError(describe_exit(k, process.pid, process.exitcode),
-                          worker_id=k, pid=process.pid, exitcode=process.exitcode)
+        """Raise WorkerError for a dead worker once all it sent has been received."""
+        for k, process in enumerate(self._processes):
+            if k in self._retired or self._pids[k] is None or process.exitcode is None:
+                continue
+            if any(c.results.ready() for c in self._channels):
+                return  # its last words (or others' results) are there: deliver them first
+            if k not in self._settled and \
+                    self._ledger.wait_closed(self._addresses(k)[1], _DRAIN_TIMEOUT_S):
+                self._settled.add(k)
+            self._pull_spilled()  # what it spilled without a record never counted
+            raise WorkerError(describe_exit(k, process.pid, process.exitcode),
+                              worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
     def stack_dump(self, worker_id: int) -> str:
         """The worker's Python stacks right now (faulthandler), or '' if it cannot tell."""
@@ -395,6 +546,7 @@ class WorkerPool:
                 process.join(_JOIN_TIMEOUT_S)
         for sock in self._tasks:
             sock.close(linger=0)
+        self._ledger.close()
         self._results.close(linger=0)
         self._zmq.term()
         for arena in self._arenas:
@@ -410,6 +562,10 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
         self._dump_fds = []
+        for progress in self._progress:
+            _ALL_SLOT_FDS.discard(progress.fd)
+            progress.close()
+        self._progress = []
         self.exited = [ExitedWorker(p.pid, p.name, p.exitcode) for _, p in started]
         for _, process in started:
             try:
