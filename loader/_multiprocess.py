@@ -65,7 +65,7 @@ class MultiProcessIter(BaseIter):
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
-            thread_limit=_THREAD_LIMIT)
+            thread_limit=_THREAD_LIMIT, share_dataset=loader.share_dataset)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork

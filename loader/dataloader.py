@@ -61,8 +61,11 @@ class DataLoader(Generic[T_co]):
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
     Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
-    and ``num_workers="auto"``, which sizes the pool from measurements
-    (``loader/autotune.py``).
+    ``num_workers="auto"``, which sizes the pool from measurements
+    (``loader/autotune.py``), and ``share_dataset``: with workers, the dataset's large
+    lists, tuples and dicts of plain values and (spawn, forkserver) its large arrays are
+    put once in shared memory that every worker maps, instead of one copy per worker
+    (``workers/shipping.py``); ``False`` gives every worker its own copy, as torch does.
     """
 
     __initialized = False
@@ -88,6 +91,7 @@ class DataLoader(Generic[T_co]):
         pin_memory_device: str = "",
         in_order: bool = True,
         output: str | None = "auto",
+        share_dataset: bool = True,
     ) -> None:
         autotune = num_workers == "auto"
         if autotune:
@@ -180,6 +184,7 @@ class DataLoader(Generic[T_co]):
         self.collate_fn = collate_fn
         self.persistent_workers = persistent_workers
         self.output = output
+        self.share_dataset = share_dataset
         self._output_mode = _output.resolve_output(output)
 
         self.__initialized = True

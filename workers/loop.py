@@ -38,6 +38,7 @@ from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
 from loader.workers.fetch import make_fetcher
 from loader.workers.seeding import seed_worker
+from loader.workers import shipping
 from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
@@ -67,6 +68,8 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    shipment: Any = None  # spawn / forkserver: where the image holds dataset, collate_fn
+    #                       and worker_init_fn (workers/shipping.py); those fields are None
 
 
 class _Epoch:
@@ -268,6 +271,8 @@ def worker_main(spec: WorkerSpec) -> None:
     code = 0
     worker = None
     try:
+        if spec.shipment is not None:
+            spec.dataset, spec.collate_fn, spec.worker_init_fn = shipping.unpack(spec.shipment)
         worker = _Worker(spec)
         worker.run()
     except BaseException:  # an engine failure: say so on stderr, exit non-zero

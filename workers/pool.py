@@ -41,6 +41,7 @@ from loader.errors import WorkerError, describe_exit
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
 from loader.workers.seeding import warm_before_fork
+from loader.workers.shipping import Shipment, prepare
 from loader.workers.threads import scan_before_fork
 
 __all__ = ["WorkerPool"]
@@ -74,7 +75,7 @@ class WorkerPool:
     def __init__(self, *, num_workers: int, context: Any, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
-                 thread_limit: int | None) -> None:
+                 thread_limit: int | None, share_dataset: bool = True) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
@@ -101,20 +102,38 @@ class WorkerPool:
         self._spec = dict(dataset=dataset, iterable=iterable, auto_collation=auto_collation,
                           collate_fn=collate_fn, drop_last=drop_last,
                           worker_init_fn=worker_init_fn, thread_limit=thread_limit)
+        self.shipment: Shipment | None = None
         _LIVE_POOLS.add(self)
         try:
             check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
                                f"the first batches of {num_workers} workers")
+            if share_dataset:
+                self._ship(dataset, collate_fn, worker_init_fn)
             if self._inherited:
                 warm_before_fork()
                 scan_before_fork()
-            else:
+            elif self.shipment is None:
                 check_picklable(dataset=dataset, collate_fn=collate_fn,
                                 worker_init_fn=worker_init_fn)
             self.add_workers(num_workers, epoch=0, base_seed=base_seed)
         except BaseException:
             self.shutdown()
             raise
+
+    def _ship(self, dataset: Any, collate_fn: Any, worker_init_fn: Any) -> None:
+        """Prepare the one image of the dataset every worker maps (workers/shipping.py);
+        the workers then get views of it (fork) or its ticket instead of the objects."""
+        shipment = prepare(dataset, collate_fn, worker_init_fn, inherit=self._inherited)
+        if shipment is None:
+            return  # too little memory: every worker gets its own copy
+        self.shipment = shipment
+        if shipment.image is not None:
+            _ALL_SLOT_FDS.add(shipment.image.fd)  # closed in other pools' forked workers
+        if shipment.objects is not None:
+            objects = dict(zip(("dataset", "collate_fn", "worker_init_fn"), shipment.objects))
+        else:
+            objects = dict(dataset=None, collate_fn=None, worker_init_fn=None)
+        self._spec.update(objects, shipment=shipment.ticket)
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
         """Prepare ``count`` more workers (ids continue from the current count): their
@@ -155,6 +174,8 @@ class WorkerPool:
         """Start prepared worker processes: ``count`` of them, or all. The rest start one
         at a time whenever :meth:`receive` would otherwise wait (so the first batch does
         not wait for every fork)."""
+        if self.shipment is not None and self.shipment.ticket is not None:
+            count = None  # a start costs the main process a few ms: start all, in parallel
         for k, process in enumerate(self._processes):
             if self._pids[k] is not None:
                 continue
@@ -334,6 +355,12 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
         self._dump_fds = []
+        shipment, self.shipment = self.shipment, None
+        if shipment is not None:
+            if shipment.image is not None:
+                _ALL_SLOT_FDS.discard(shipment.image.fd)
+            shipment.close()
+        self._spec = {}
         self.exited = [ExitedWorker(p.pid, p.name, p.exitcode) for _, p in started]
         for _, process in started:
             try:
