@@ -33,7 +33,8 @@ class Adapter:
         return None
 
     def make(self, dataset: Any, *, batch_size: int, num_workers: int,
-             collate_fn: Any, start_method: str, persistent: bool) -> Any:
+             collate_fn: Any, start_method: str, persistent: bool,
+             shuffle: bool = False) -> Any:
         raise NotImplementedError
 
     def shutdown(self, loader: Any, iterator: Any) -> None:
@@ -45,15 +46,20 @@ class OursAdapter(Adapter):
 
     flavour = "ours"
 
-    def __init__(self, name: str = "ours", output: str = "numpy") -> None:
+    def __init__(self, name: str = "ours", output: str = "numpy",
+                 share_dataset: bool = True) -> None:
         self.name = name
         self.output = output
-        self.note = f'{name}: loader.DataLoader(output="{output}")'
+        self.share_dataset = share_dataset
+        extra = "" if share_dataset else ", share_dataset=False"
+        self.note = f'{name}: loader.DataLoader(output="{output}"{extra})'
 
-    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent,
+             shuffle=False):
         from loader import DataLoader
         kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers,
-                        "output": self.output}
+                        "output": self.output, "shuffle": shuffle,
+                        "share_dataset": self.share_dataset}
         if collate_fn is not None:
             kwargs["collate_fn"] = collate_fn
         if num_workers > 0:
@@ -88,8 +94,10 @@ class TorchAdapter(Adapter):
             return f"not installed ({exc.name or exc})"
         return None
 
-    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
-        kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers}
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent,
+             shuffle=False):
+        kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers,
+                        "shuffle": shuffle}
         if collate_fn is not None:
             kwargs["collate_fn"] = collate_fn
         if num_workers > 0:
@@ -107,10 +115,12 @@ class TorchAdapter(Adapter):
 def _registry() -> dict[str, Adapter]:
     from . import peers
     adapters: list[Adapter] = [OursAdapter(), OursAdapter("ours-torch", "torch"),
+                               OursAdapter("ours-copy", share_dataset=False),
                                TorchAdapter(), *peers.PEERS]
     return {a.name: a for a in adapters}
 
 
 ADAPTERS: dict[str, Adapter] = _registry()
-# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy
+# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy; ours-copy
+# (every worker its own copy of the dataset, as before issue 10) shows what sharing saves
 DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl")

@@ -69,6 +69,55 @@ def _display(row: dict) -> dict:
     return shown
 
 
+_MEMORY_COLUMNS = [  # the "memory" workloads' own table
+    ("workload", "workload", "{}"),
+    ("loader", "loader", "{}"),
+    ("w", "num_workers", "{}"),
+    ("TTFB s", "ttfb_s", "{:,.2f}"),
+    ("×torch", "ratio_vs_torch", "{:.2f}"),
+    ("worker USS MiB start → end", "uss", "{}"),
+    ("PSS sum MiB", "pss_sum_mb", "{:,.0f}"),
+    ("main PSS", "main_pss_mb", "{:,.0f}"),
+    ("epoch s", "epoch_s", "{:,.2f}"),
+    ("samples/s", "samples_per_s", "{:,.0f}"),
+    ("note", "note", "{}"),
+]
+_MEMORY_LEGEND = """memory workloads: one shuffled epoch of a fixed dataset, a fresh loader per rep (median
+  rep by TTFB). worker USS: each worker's unique memory right after the first batch and
+  before the last one is handed out; PSS sum: main process + workers at that point (shared
+  pages counted once in total); ×torch: torch's TTFB / ours (higher is sooner); epoch s:
+  loader built to the last batch; samples/s: after the first batch to the last."""
+
+
+def _uss(row: dict) -> str:
+    start, end = row.get("worker_uss_start_mb"), row.get("worker_uss_end_mb")
+    if not start or not end:
+        return ""
+    return f"{', '.join(f'{v:.0f}' for v in start)} → {', '.join(f'{v:.0f}' for v in end)}"
+
+
+def _grid(rows: list[dict], columns: list) -> list[str]:
+    grid = [[h for h, _, _ in columns]]
+    breaks = set()
+    last = None
+    for row in rows:
+        if last is not None and row["workload"] != last:
+            breaks.add(len(grid))
+        last = row["workload"]
+        grid.append([_cell(row.get(key), fmt) for _, key, fmt in columns])
+    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
+    lines = []
+    for n, line in enumerate(grid):
+        if n in breaks:
+            lines.append("")
+        cells = [(c.ljust(w) if key in _LEFT | {"uss"} else c.rjust(w))
+                 for c, w, (_, key, _) in zip(line, widths, columns)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None or value == "":
         return "-" if fmt != "{}" else ""
@@ -78,26 +127,17 @@ def _cell(value: Any, fmt: str) -> str:
 def format_table(result: dict) -> str:
     """The printed report: the table, its legend and the notes."""
     rows = [_display(r) for r in result["rows"]]
-    grid = [[h for h, _, _ in _COLUMNS]]
-    breaks = set()
-    last = None
-    for row in rows:
-        if last is not None and row["workload"] != last:
-            breaks.add(len(grid))
-        last = row["workload"]
-        grid.append([_cell(row.get(key), fmt) for _, key, fmt in _COLUMNS])
-    widths = [max(len(line[i]) for line in grid) for i in range(len(_COLUMNS))]
-    lines = []
-    for n, line in enumerate(grid):
-        if n in breaks:
-            lines.append("")
-        cells = [(c.ljust(w) if key in _LEFT else c.rjust(w))
-                 for c, w, (_, key, _) in zip(line, widths, _COLUMNS)]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    memory = [dict(r, uss=_uss(r)) for r in rows if r.get("kind") == "memory"]
+    rows = [r for r in rows if r.get("kind") != "memory"]
+    lines = _grid(rows, _COLUMNS) if rows else []
+    if memory:
+        lines += ([""] if lines else []) + _grid(memory, _MEMORY_COLUMNS)
     kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
-    lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS"), ""]
+    if rows:
+        lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS")]
+    if memory:
+        lines += ["", _MEMORY_LEGEND]
+    lines.append("")
     lines += [f"note: {n}" for n in result.get("notes", [])]
     background = sorted(r["background_cores"] for r in result.get("runs", [])
                         if r.get("background_cores") is not None)

@@ -28,6 +28,7 @@ import fcntl
 import mmap
 import os
 import secrets
+import weakref
 from typing import Iterable, NamedTuple
 
 from loader.ipc import capacity
@@ -88,7 +89,8 @@ class ImageBuilder:
     """Writes an image front to back; :meth:`finish` seals it and returns the Image."""
 
     def __init__(self, name: str = "loader-image") -> None:
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC | _MFD_ALLOW_SEALING)
+        # the name only shows in /proc/<pid>/maps and fd links (debugging, leak checks)
+        self.fd = os.memfd_create(f"{name}-{os.getpid()}", os.MFD_CLOEXEC | _MFD_ALLOW_SEALING)
         self.token = secrets.token_bytes(_TOKEN_BYTES)
         self.ref = ImageRef(os.getpid(), self.fd, self.token)
         self.size = 0
@@ -136,7 +138,8 @@ class ImageBuilder:
             os.close(fd)
 
 
-_OWNED: dict[bytes, Image] = {}  # images this process owns, by token
+_OWNED: "weakref.WeakValueDictionary[bytes, Image]" = weakref.WeakValueDictionary()
+#        images this process owns, by token (weak: a view's image closes with its last view)
 _ATTACHED: dict[bytes, memoryview] = {}  # this process's private mapping of each image
 
 

@@ -61,7 +61,20 @@ _PLAIN_TYPES = frozenset({
     fractions.Fraction, uuid.UUID, OrderedDict, defaultdict, Counter,
 })
 _PLAIN_BASES = (pathlib.PurePath, enum.Enum, np.generic, np.dtype)
-_DUMPS = functools.partial(pickle.dumps, protocol=5)
+_SAMPLE = 32  # elements pickled carefully before the fast pass: most refusals show here
+
+
+class _LargeBuffer(Exception):
+    """The fast pass met an array to put out of band: the careful pass takes over."""
+
+
+def _in_band_only(buf: pickle.PickleBuffer) -> bool:
+    if buf.raw().nbytes >= OOB_MIN_BYTES:
+        raise _LargeBuffer
+    return True
+
+
+_DUMPS = functools.partial(pickle.dumps, protocol=5, buffer_callback=_in_band_only)
 _UTF8 = methodcaller("encode", "utf-8", "surrogatepass")
 _INT64_MASK = (1 << 64) - 1
 _NONE_HASH = 0x9E3779B9
@@ -135,6 +148,8 @@ def _pickle_items(items: list, *, strict: bool, oob: bool, main_ok: bool) -> _Pa
     gated pickler."""
     packed = _Packed(len(items))
     careful = _Careful(strict=strict, oob=oob, main_ok=main_ok)
+    for i in range(0, len(items), max(1, len(items) // _SAMPLE)):
+        careful.dumps(items[i], i)  # a container that is not plain fails here, cheaply
     always_careful = bool(copyreg._extension_registry)  # extension codes hide globals
     counts: dict[int, int] = {}
     for start in range(0, len(items), _CHUNK_ITEMS):
@@ -142,28 +157,41 @@ def _pickle_items(items: list, *, strict: bool, oob: bool, main_ok: bool) -> _Pa
         try:
             blobs = list(map(_DUMPS, chunk))
         except Exception:
-            blobs = [b""] * len(chunk)
+            blobs, joined = [b""] * len(chunk), None
             suspects: Any = range(len(chunk))  # the gated pickler says which and why
         else:
-            if always_careful:
-                suspects = range(len(chunk))
-            elif _STACK_GLOBAL in b"".join(blobs):
-                suspects = [i for i, blob in enumerate(blobs) if _STACK_GLOBAL in blob]
-            else:
-                suspects = ()
+            joined = b"".join(blobs)
+            suspects = range(len(chunk)) if always_careful else _naming_globals(blobs, joined)
+        lengths = np.fromiter(map(len, blobs), np.int64, len(blobs))
         for i in suspects:
             blob, buffers = careful.dumps(chunk[i], start + i)
             blobs[i] = blob
+            joined = None
+            lengths[i] = len(blob)
             if buffers:
                 counts[start + i] = len(buffers)
                 packed.buffers.extend(buffers)
-        packed.lengths.append(np.fromiter(map(len, blobs), np.int64, len(blobs)))
-        packed.chunks.append(b"".join(blobs))
+        packed.lengths.append(lengths)
+        packed.chunks.append(b"".join(blobs) if joined is None else joined)
     if counts:
         packed.buffer_counts = np.zeros(len(items), np.int64)
         for i, c in counts.items():
             packed.buffer_counts[i] = c
     return packed
+
+
+def _naming_globals(blobs: list, joined: bytes) -> list[int]:
+    """Indices of the pickles in ``joined`` that may name a global (a STACK_GLOBAL byte;
+    the same byte inside an int or a string only costs a careful second look)."""
+    positions = []
+    at = joined.find(_STACK_GLOBAL)
+    while at >= 0:
+        positions.append(at)
+        at = joined.find(_STACK_GLOBAL, at + 1)
+    if not positions:
+        return []
+    ends = np.cumsum(np.fromiter(map(len, blobs), np.int64, len(blobs)))
+    return np.unique(np.searchsorted(ends, positions, side="right")).tolist()
 
 
 class _Careful:

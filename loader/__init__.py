@@ -19,6 +19,7 @@ from loader.dataset import (
 )
 from loader.distributed import DistributedSampler
 from loader.errors import WorkerError
+from loader.ipc.shared_views import SharedDict, SharedList, SharedTuple
 from loader.sampler import (
     BatchSampler,
     RandomSampler,
@@ -42,6 +43,9 @@ __all__ = [
     "RandomSampler",
     "Sampler",
     "SequentialSampler",
+    "SharedDict",
+    "SharedList",
+    "SharedTuple",
     "StackDataset",
     "Subset",
     "SubsetRandomSampler",
