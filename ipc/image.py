@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import mmap
 import os
 import secrets
@@ -44,6 +45,9 @@ _CHECK_FROM_BYTES = 1 << 20  # appends this large first check that memory is ava
 _SEALS = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
 _F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 _MFD_ALLOW_SEALING = getattr(os, "MFD_ALLOW_SEALING", 2)
+
+
+_SERIAL = itertools.count()
 
 
 class ImageGoneError(RuntimeError):
@@ -90,7 +94,8 @@ class ImageBuilder:
 
     def __init__(self, name: str = "loader-image") -> None:
         # the name only shows in /proc/<pid>/maps and fd links (debugging, leak checks)
-        self.fd = os.memfd_create(f"{name}-{os.getpid()}", os.MFD_CLOEXEC | _MFD_ALLOW_SEALING)
+        self.fd = os.memfd_create(f"{name}-{os.getpid()}-{next(_SERIAL)}",
+                                  os.MFD_CLOEXEC | _MFD_ALLOW_SEALING)
         self.token = secrets.token_bytes(_TOKEN_BYTES)
         self.ref = ImageRef(os.getpid(), self.fd, self.token)
         self.size = 0

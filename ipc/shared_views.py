@@ -25,6 +25,7 @@ SharedDict.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import pickle
 from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping, MutableSequence,
@@ -41,47 +42,47 @@ _loads = pickle.loads
 
 
 class _Section:
-    """Reads the elements of one packed section, each unpickled on access."""
+    """Reads the elements of one packed section, each unpickled on access (``get`` is
+    chosen per layout, and bound to something other than the section: no cycle, so a view
+    and its mapping go as soon as the last reference does)."""
 
-    __slots__ = ("n", "get", "_view", "_data", "_starts", "_packed", "_bindex", "_btable")
+    __slots__ = ("n", "get", "_view", "_data", "_starts", "_bindex", "_btable")
 
     def __init__(self, view: memoryview, header: dict) -> None:
         self.n = n = header["n"]
         self._view = view
-        if header["kind"] == "packed":
-            at = header["data"]
-            self._packed = view[at:at + 8 * n].cast(header["fmt"])
-            self.get = self._packed.__getitem__
-            return
         at = header["data"]
-        self._data = view[at:at + header["data_len"]]
+        if header["kind"] == "packed":
+            self.get = view[at:at + 8 * n].cast(header["fmt"]).__getitem__
+            return
+        data = self._data = view[at:at + header["data_len"]]
         at = header["starts"]
-        self._starts = view[at:at + 8 * (n + 1)].cast("q")
-        if "buffer_index" in header:
-            at = header["buffer_index"]
-            self._bindex = view[at:at + 8 * (n + 1)].cast("q")
-            at, count = header["buffer_table"], self._bindex[n]
-            self._btable = view[at:at + 16 * count].cast("q")
-            self.get = self._get_with_buffers
-        else:
-            self.get = self._get
-
-    def _get(self, i: int) -> Any:
-        starts = self._starts
-        return _loads(self._data[starts[i]:starts[i + 1]])
-
-    def _get_with_buffers(self, i: int) -> Any:
-        starts, index = self._starts, self._bindex
-        first, last = index[i], index[i + 1]
-        blob = self._data[starts[i]:starts[i + 1]]
-        if first == last:
-            return _loads(blob)
-        table, view = self._btable, self._view
-        buffers = [view[table[2 * k]:table[2 * k] + table[2 * k + 1]] for k in range(first, last)]
-        return _loads(blob, buffers=buffers)
+        starts = self._starts = view[at:at + 8 * (n + 1)].cast("q")
+        if "buffer_index" not in header:
+            self.get = functools.partial(_get, data, starts)
+            return
+        at = header["buffer_index"]
+        index = self._bindex = view[at:at + 8 * (n + 1)].cast("q")
+        at = header["buffer_table"]
+        table = self._btable = view[at:at + 16 * index[n]].cast("q")
+        self.get = functools.partial(_get_with_buffers, data, starts, index, table, view)
 
     def iterate(self, indices: Any) -> Iterator[Any]:
         return map(self.get, indices)
+
+
+def _get(data: memoryview, starts: memoryview, i: int) -> Any:
+    return _loads(data[starts[i]:starts[i + 1]])
+
+
+def _get_with_buffers(data: memoryview, starts: memoryview, index: memoryview,
+                      table: memoryview, view: memoryview, i: int) -> Any:
+    first, last = index[i], index[i + 1]
+    blob = data[starts[i]:starts[i + 1]]
+    if first == last:
+        return _loads(blob)
+    buffers = [view[table[2 * k]:table[2 * k] + table[2 * k + 1]] for k in range(first, last)]
+    return _loads(blob, buffers=buffers)
 
 
 def _read_header(view: memoryview, at: int, length: int) -> dict:

@@ -232,4 +232,7 @@ def clone(walk: Walk, roots: list[Any], replaced: dict[int, Any]) -> list[Any]:
                 object.__setattr__(new, where, value)
         return new
 
-    return [get(id(root)) if id(root) in walk.nodes else root for root in roots]
+    try:
+        return [get(id(root)) if id(root) in walk.nodes else root for root in roots]
+    finally:
+        get = None  # type: ignore[assignment]  # the closure refers to itself: break the cycle

@@ -193,6 +193,9 @@ class WorkerPool:
                     gc.unfreeze()
             else:
                 process.start()
+            # the child has its spec now (forked or pickled); the parent's copy would keep
+            # the dataset's shared views, and so the image, alive until a gc after shutdown
+            process._args = ()
             self._pids[k] = process.pid
             self._poller.register(process.sentinel, zmq.POLLIN)
 
