@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import pickle
 import signal
@@ -259,6 +260,9 @@ def _pid_exists(pid: int) -> bool:
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # what the worker inherited (fork, or the fork server's heap) or imported so far leaves
+    # the collector's sight: a full collection would write to every page of it
+    gc.freeze()
     for fd in spec.close_fds:
         try:
             os.close(fd)
