@@ -34,6 +34,11 @@ class TorchdataAdapter(TorchAdapter):
     attr = "StatefulDataLoader"
     note = "torchdata: torchdata.stateful_dataloader.StatefulDataLoader (defaults)"
 
+    def unsupported(self, workload, num_workers, start_method, persistent):
+        if workload.kind == "memory":
+            return "not measured (torch's workers and transport: the torch row shows them)"
+        return None
+
 
 class GrainAdapter(Adapter):
     name = "grain"

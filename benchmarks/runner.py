@@ -156,7 +156,7 @@ def plan(config: Config) -> tuple[list[Cell], list[Any], list[str]]:
         workers = config.workers if config.workers is not None else list(wl.workers)
         if wl.kind != "throughput":
             workers = [w for w in workers if w > 0]
-        by_method = wl.kind in ("cold_start", "memory")
+        by_method = wl.kind in ("cold_start", "memory") or len(wl.start_methods) > 1
         for method in (wl.start_methods if by_method else ("fork",)):
             label = f"{wl.name}/{method}" if by_method else wl.name
             cells.extend(Cell(wl, label, w, batch_size, method) for w in workers)
@@ -183,7 +183,7 @@ class _Datasets:
     def get(self, workload: Workload, flavour: str, batches: int, batch_size: int) -> Any:
         key = (workload.name, flavour)
         if key not in self._built:
-            size = (self._items or workload.items) if workload.kind == "memory" else batch_size
+            size = (self._items or workload.items) if workload.items else batch_size
             self._built[key] = workload.build(flavour, size)
         dataset = self._built[key]
         if not workload.resizable:

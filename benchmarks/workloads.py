@@ -238,7 +238,7 @@ class Workload:
     latency_s: float | None = None  # per-sample sleep, for the ideal-throughput column
     resizable: bool = True  # the dataset has a settable ``length`` (ours do; a user's not)
     start_methods: tuple = field(default=("fork",))
-    items: int = 0  # "memory": the dataset's fixed size (--items overrides it)
+    items: int = 0  # a fixed dataset size, for "memory" workloads (--items overrides it)
 
 
 def _map(cls: type) -> Callable[[str, int], Any]:
@@ -272,5 +272,9 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("shared_arrays", f"{SHARED_IMAGE_ITEMS:,} 3x224x224 uint8 arrays in a list: "
              "worker memory, TTFB, reading speed", _shared(ArrayListDataset), 64,
              workers=(2,), kind="memory", resizable=False, items=SHARED_IMAGE_ITEMS,
+             start_methods=("fork", "spawn", "forkserver")),
+    Workload("shared_arrays_warm", "the same list of arrays read by persistent workers: "
+             "reading speed once every page is mapped", _shared(ArrayListDataset), 64,
+             workers=(2,), kind="warm_epochs", resizable=False, items=SHARED_IMAGE_ITEMS,
              start_methods=("fork", "spawn", "forkserver")),
 ]}

@@ -19,7 +19,8 @@ from loader.dataset import (
 )
 from loader.distributed import DistributedSampler
 from loader.errors import WorkerError
-from loader.ipc.shared_views import SharedDict, SharedList, SharedTuple
+from loader.ipc.shared_dict import SharedDict
+from loader.ipc.shared_views import SharedList, SharedTuple
 from loader.sampler import (
     BatchSampler,
     RandomSampler,

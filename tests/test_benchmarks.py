@@ -64,6 +64,21 @@ def test_user_dataset_factory(tmp_path):
         assert all(r["samples_per_s"] > 0 for r in measured), measured
 
 
+def test_memory_workload(tmp_path):
+    """A shared_dicts run, small: both loaders, every start method, USS and PSS reported."""
+    proc, result = _bench(tmp_path, "--workloads", "shared_dicts", "--items", "5000",
+                          "--loaders", "ours,torch")
+    rows = result["rows"]
+    assert {r["workload"] for r in rows} == {
+        "shared_dicts/fork", "shared_dicts/spawn", "shared_dicts/forkserver"}
+    for row in rows:
+        assert not row.get("errors"), row
+        assert row["ttfb_s"] > 0 and row["pss_sum_mb"] > 0, row
+        assert len(row["worker_uss_start_mb"]) == len(row["worker_uss_end_mb"]) == 2, row
+        assert row["samples"] == 5000, row
+    assert "worker USS MiB start → end" in proc.stdout
+
+
 @pytest.mark.parametrize("args", [["--loaders", "nope"], ["--workloads", "nope"]])
 def test_bad_names_are_refused(tmp_path, args):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out",

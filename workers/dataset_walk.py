@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from loader.ipc.shared_views import SharedDict, SharedTuple
+from loader.ipc.shared_dict import SharedDict
+from loader.ipc.shared_views import SharedTuple
 
 __all__ = ["MIN_ITEMS", "Walk", "clone", "find"]
 

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 
 from loader.ipc.image import Image, ImageBuilder, ImageRef, attach
 from loader.ipc.packing import NotPlain, pack_mapping, pack_sequence, write_header
-from loader.ipc.shared_views import SharedDict, SharedList, SharedTuple, _rebuild
+from loader.ipc.shared_dict import SharedDict
+from loader.ipc.shared_views import SharedList, SharedTuple, _rebuild
 from loader.workers.dataset_walk import clone, find
 from loader.workers.pickling import UnpicklableError, dumps_once, loads_once, name_culprit
 
