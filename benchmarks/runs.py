@@ -233,6 +233,8 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
     try:
         loader = _make(run, adapter, dataset, cell, persistent=True)
         starts, samples, batches, wall, main_cpu = [], 0, 0, 0.0, 0.0
+        workers: list = []
+        wcpu0: dict = {}
         for epoch in range(epochs):
             s0 = run.sampler.cpu_s
             c0 = time.process_time()
@@ -253,7 +255,9 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
                 samples += n
                 batches += b
             if epoch == 0:
-                run.workers()
+                workers = run.workers()
+                wcpu0 = cpu_seconds(workers)
+        worker_cpu = _worker_cpu(wcpu0, cpu_seconds(workers))
         run.sampler.sample_full()
         result.update(epochs=epochs, first_epoch_ttfb_s=starts[0], samples=samples,
                       batches=batches, wall_s=wall)
@@ -263,7 +267,8 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
                 epoch_start_ms=[s * 1e3 for s in starts],
                 samples_per_s=samples / wall,
                 mb_per_s=samples * result["bytes_per_sample"] / wall / _MB,
-                main_cpu_us_per_batch=main_cpu / batches * 1e6)
+                main_cpu_us_per_batch=main_cpu / batches * 1e6,
+                worker_cpu_us_per_batch=worker_cpu / batches * 1e6)
     except Exception as exc:
         _error(result, exc)
     return run.finish(result)
