@@ -33,7 +33,6 @@ import decimal
 import enum
 import fractions
 import functools
-import io
 import pathlib
 import pickle
 import struct
@@ -61,6 +60,9 @@ _PLAIN_TYPES = frozenset({
     fractions.Fraction, uuid.UUID, OrderedDict, defaultdict, Counter,
 })
 _PLAIN_BASES = (pathlib.PurePath, enum.Enum, np.generic, np.dtype)
+_NUMPY_SCALARS = frozenset({  # rebuilt exactly from .item(): type(x)(x.item()) == x
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+    np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128})
 _SAMPLE = 32  # elements pickled carefully before the fast pass: most refusals show here
 
 
@@ -97,11 +99,15 @@ class _Pickler(pickle.Pickler):
         super().__init__(file, 5, buffer_callback=self._buffer)
         self.strict, self.oob, self.main_ok = strict, oob, main_ok
         self.buffers: list[memoryview] = []
+        self.saw_objects = False  # whether anything but builtin values was pickled
 
     def reducer_override(self, obj: Any) -> Any:
+        self.saw_objects = True
+        cls = type(obj)
+        if cls in _NUMPY_SCALARS:
+            return cls, (obj.item(),)  # exact, and ~20x cheaper than numpy's own reduce
         if self.strict and not _is_plain(obj, self.main_ok):
-            raise NotPlain(f"{type(obj).__module__}.{type(obj).__qualname__} is not a plain "
-                           "value")
+            raise NotPlain(f"{cls.__module__}.{cls.__qualname__} is not a plain value")
         return NotImplemented
 
     def _buffer(self, buf: pickle.PickleBuffer) -> bool:
@@ -146,15 +152,23 @@ def _pickle_items(items: list, *, strict: bool, oob: bool, main_ok: bool) -> _Pa
     """Every element pickled on its own; the fast path is plain ``pickle.dumps``, and only
     elements whose pickle names a global (a non-builtin type) are re-pickled through the
     gated pickler."""
-    packed = _Packed(len(items))
     careful = _Careful(strict=strict, oob=oob, main_ok=main_ok)
     for i in range(0, len(items), max(1, len(items) // _SAMPLE)):
         careful.dumps(items[i], i)  # a container that is not plain fails here, cheaply
+    fast = not careful.pickler.saw_objects  # else most items need the careful pass anyway
+    return _pickle_range(items, careful, fast)
+
+
+def _pickle_range(items: Any, careful: "_Careful", fast: bool) -> _Packed:
+    """The pickles of ``items``, chunk by chunk (fast pass first unless ``fast`` is off)."""
+    packed = _Packed(len(items))
     always_careful = bool(copyreg._extension_registry)  # extension codes hide globals
     counts: dict[int, int] = {}
     for start in range(0, len(items), _CHUNK_ITEMS):
         chunk = items[start:start + _CHUNK_ITEMS]
         try:
+            if not fast:
+                raise _LargeBuffer
             blobs = list(map(_DUMPS, chunk))
         except Exception:
             blobs, joined = [b""] * len(chunk), None
@@ -195,18 +209,19 @@ def _naming_globals(blobs: list, joined: bytes) -> list[int]:
 
 
 class _Careful:
-    """One gated pickler reused for every suspect element."""
+    """One gated pickler reused for every suspect element; its output goes straight to a
+    list (one write per element unless the pickle spans several frames)."""
 
     def __init__(self, **options: Any) -> None:
-        self.file = io.BytesIO()
-        self.pickler = _Pickler(self.file, **options)
+        self.out: list[bytes] = []
+        sink = types.SimpleNamespace(write=self.out.append)
+        self.pickler = _Pickler(sink, **options)
 
     def dumps(self, obj: Any, index: int) -> tuple[bytes, list[memoryview]]:
-        file, pickler = self.file, self.pickler
-        file.seek(0)
-        file.truncate()
+        out, pickler = self.out, self.pickler
         pickler.clear_memo()
-        pickler.buffers = []
+        if pickler.buffers:
+            pickler.buffers = []
         try:
             pickler.dump(obj)
         except NotPlain as exc:
@@ -214,7 +229,10 @@ class _Careful:
         except Exception as exc:
             raise NotPlain(f"item {index} cannot be pickled: {type(exc).__name__}: {exc}") \
                 from None
-        return file.getvalue(), pickler.buffers
+        finally:
+            blob = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+        return blob, pickler.buffers
 
 
 # ---------------------------------------------------------------- sections

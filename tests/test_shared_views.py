@@ -201,6 +201,11 @@ def test_packed_numbers_keep_their_types():
     assert list(SharedList([True, False, 1])) == [True, False, 1]
     assert [type(x) for x in SharedList([True, 1])] == [bool, int]
     assert SharedList([2**80, 1])[0] == 2**80  # beyond int64: pickled, not packed
+    scalars = [np.uint64(2**64 - 1), np.float16(0.1), np.complex64(1 + 2j), np.bool_(True),
+               np.int8(-3), np.float32(np.nan), np.float64(-0.0), np.datetime64("2020-01")]
+    for got, want in zip(SharedList([{"x": s} for s in scalars] * 200), scalars * 200):
+        got = got["x"]
+        assert type(got) is type(want) and got.tobytes() == want.tobytes()
 
 
 def test_views_pickle_and_copy_with_their_writes():
