@@ -7,15 +7,19 @@ machine, their memfd slots and pyzmq sockets; start, talk, notice death, shut do
    PULL (bind)    ◀───── ipc://@<run>-results     shared by all workers
    poller: the PULL socket + every worker's process sentinel
    arenas: one per worker (ipc/arena.py), leases feed ``released``
+   shipment: one image of the dataset for all workers (workers/shipping.py)
 ```
 
-- The parent: :meth:`submit` queues a task for worker k; :meth:`receive` returns the next
-  decoded message, flushing slot releases first and waking at once if a worker dies.
+- The parent: before any worker starts, ships the dataset once (forked workers inherit
+  views of the image; spawned ones get its ticket and, cheap to start, all start at once);
+  :meth:`submit` queues a task for worker k; :meth:`receive` returns the next decoded
+  message, flushing slot releases first and waking at once if a worker dies.
 - The worker: ``workers/loop.py``.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
-  timeout, SIGKILL survivors, close sockets and slots). Iterator exhaustion, ``close()``,
-  garbage collection, errors and interpreter exit all end here. Sockets live in Linux's
-  abstract namespace and slots are memfds, so nothing is left on disk even after kill -9.
+  timeout, SIGKILL survivors, close sockets, slots and the image). Iterator exhaustion,
+  ``close()``, garbage collection, errors and interpreter exit all end here. Sockets live
+  in Linux's abstract namespace and slots and the image are memfds, so nothing is left on
+  disk even after kill -9.
 """
 
 from __future__ import annotations
