@@ -5,6 +5,7 @@
                             [buffers of large arrays][buffer index int64[n+1]]
                             [buffer table int64[k, 2]][header]
  only ints, or only floats ─▶ [int64 or float64 array][header] (read back as int / float)
+ only arrays of one dtype and shape ─▶ [their bytes back to back][header] (read as views)
  a dict ─▶ pack_mapping ─▶ keys section + values section + [crc32 uint32[n]]
                             [bucket starts int64[m+1]][order int64[n]][header]
 ```
@@ -64,6 +65,7 @@ _NUMPY_SCALARS = frozenset({  # rebuilt exactly from .item(): type(x)(x.item()) 
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
     np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128})
 _SAMPLE = 32  # elements pickled carefully before the fast pass: most refusals show here
+_ARRAY_WRITE_BYTES = 8 << 20  # bytes of small same-shaped arrays joined per write
 
 
 class _LargeBuffer(Exception):
@@ -251,6 +253,42 @@ def _packed_array(items: list) -> np.ndarray | None:
     return None
 
 
+def _uniform_arrays(items: Any) -> tuple[np.dtype, tuple] | None:
+    """(dtype, shape) when every item is a C-contiguous numpy array of that dtype and shape
+    (an image dataset held as a list of arrays), else None."""
+    if set(map(type, items)) != {np.ndarray}:
+        return None
+    first = items[0]
+    dtype, shape = first.dtype, first.shape
+    if dtype.hasobject:
+        return None
+    for a in items:
+        if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+            return None
+    return dtype, shape
+
+
+def _pack_arrays(builder: ImageBuilder, items: Any, oob: bool) -> dict | None:
+    """Arrays of one dtype and shape, back to back: a reader builds item i as an array on
+    its mapping at base + i * nbytes (no unpickling, no copy). None: not such a list."""
+    found = _uniform_arrays(items)
+    if found is None:
+        return None
+    dtype, shape = found
+    nbytes = items[0].nbytes
+    if nbytes >= OOB_MIN_BYTES and not oob:
+        raise NotPlain("holds large arrays (fork shares them already)")
+    per_write = max(1, _ARRAY_WRITE_BYTES // max(1, nbytes))
+    base = None
+    for start in range(0, len(items), per_write):
+        chunk = items[start:start + per_write]
+        data = [chunk[0]] if len(chunk) == 1 else [b"".join(map(memoryview, chunk))]
+        at = builder.append(data, ALIGN if base is None else 1)
+        base = at if base is None else base
+    return {"kind": "arrays", "n": len(items), "dtype": dtype, "shape": shape,
+            "data": base, "stride": nbytes}
+
+
 def pack_sequence(builder: ImageBuilder, items: list, *, strict: bool, oob: bool,
                   main_ok: bool = True) -> dict:
     """Write ``items`` as one section; its header (a small dict a reader needs).
@@ -263,6 +301,9 @@ def pack_sequence(builder: ImageBuilder, items: list, *, strict: bool, oob: bool
     if array is not None:
         fmt = "q" if array.dtype == np.int64 else "d"
         return {"kind": "packed", "n": n, "fmt": fmt, "data": builder.append([array])}
+    header = _pack_arrays(builder, items, oob) if n else None
+    if header is not None:
+        return header
     packed = _pickle_items(items, strict=strict, oob=oob, main_ok=main_ok)
     lengths = np.concatenate(packed.lengths) if packed.lengths else np.zeros(0, np.int64)
     starts = np.zeros(n + 1, np.int64)

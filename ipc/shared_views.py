@@ -13,9 +13,10 @@
   ``get``, ``keys()``, ``values()``, ``items()``, ``|`` and insertion order.
 - What differs: every read unpickles the element afresh, so an element read twice is two
   equal objects, not the same one, and changing an element read from a view changes only
-  that copy. Arrays of ``OOB_MIN_BYTES`` or more are the exception: views of this
-  process's copy-on-write mapping, so writes to them stay in this process and its later
-  reads see them. ``isinstance(view, list)`` is false (the views are ``collections.abc``
+  that copy. Arrays are the exception where they can be (an item that is one array of a
+  list of same-shaped arrays, or an array of ``OOB_MIN_BYTES`` or more anywhere in an
+  item): views of this process's copy-on-write mapping, so writes to them stay in this
+  process and its later reads see them. ``isinstance(view, list)`` is false (the views are ``collections.abc``
   Sequences and Mappings).
 - Writes are this process's alone, as with its own copy: a SharedList keeps replaced items
   in an overlay and turns into a private list on its first structural change (``append``,
@@ -32,6 +33,8 @@ import pickle
 from collections.abc import MutableSequence, Sequence
 from typing import Any, Iterator
 
+import numpy as np
+
 from loader.ipc import image as _image
 from loader.ipc.packing import pack_sequence, write_header
 
@@ -39,6 +42,7 @@ __all__ = ["SharedList", "SharedTuple"]
 
 _REPR_ITEMS = 6  # items a repr shows before "...": a view's repr must not unpickle a million
 _loads = pickle.loads
+_ndarray = np.ndarray
 
 
 class _Section:
@@ -55,6 +59,10 @@ class _Section:
         if header["kind"] == "packed":
             self.get = view[at:at + 8 * n].cast(header["fmt"]).__getitem__
             return
+        if header["kind"] == "arrays":
+            self.get = functools.partial(_get_array, view, at, header["stride"],
+                                         header["shape"], header["dtype"])
+            return
         data = self._data = view[at:at + header["data_len"]]
         at = header["starts"]
         starts = self._starts = view[at:at + 8 * (n + 1)].cast("q")
@@ -69,6 +77,11 @@ class _Section:
 
     def iterate(self, indices: Any) -> Iterator[Any]:
         return map(self.get, indices)
+
+
+def _get_array(view: memoryview, base: int, stride: int, shape: tuple, dtype: Any,
+               i: int) -> Any:
+    return _ndarray(shape, dtype, view, base + i * stride)
 
 
 def _get(data: memoryview, starts: memoryview, i: int) -> Any:

@@ -306,15 +306,21 @@ def test_dict_view_refuses_keys_without_a_stable_hash():
 # ---------------------------------------------------------------- arrays, packing rules
 
 
-def test_arrays_come_back_zero_copy_and_writable():
-    images = SharedList([np.full((64, 64, 4), i, np.float32) for i in range(4)])  # 64 KiB
-    small = SharedList([np.arange(3) for _ in range(4)])
+@pytest.mark.parametrize("shapes", [[(64, 64, 4)] * 4, [(64, 64, 4), (65, 64, 4)] * 2,
+                                    [(3,)] * 4])
+def test_arrays_come_back_zero_copy_and_writable(shapes):
+    """Same-shaped arrays (any size) and arrays of 64 KiB or more are views."""
+    images = SharedList([np.full(shape, i, np.float32) for i, shape in enumerate(shapes)])
     a, b = images[2], images[2]
     assert np.shares_memory(a, b)  # both are views of the one mapping: no copy was made
-    assert a.flags.writeable and not a.flags.owndata
-    a[0, 0, 0] = -1.0  # this process's private page; its later reads see it, as in a copy
-    assert images[2][0, 0, 0] == -1.0 and images[1][0, 0, 0] == 1.0
-    assert not np.shares_memory(small[0], small[0])  # small arrays are copied on read
+    assert a.flags.writeable and not a.flags.owndata and a.shape == shapes[2]
+    a.flat[0] = -1.0  # this process's private page; its later reads see it, as in a copy
+    assert images[2].flat[0] == -1.0 and images[1].flat[0] == 1.0 and (images[3] == 3).all()
+
+
+def test_small_arrays_inside_items_are_copies():
+    items = SharedList([{"a": np.arange(3)}, {"a": np.arange(4)}] * 2)
+    assert not np.shares_memory(items[0]["a"], items[0]["a"])
 
 
 def test_strict_packing_takes_plain_values_only():
