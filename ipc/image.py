@@ -28,7 +28,6 @@ import fcntl
 import itertools
 import mmap
 import os
-import secrets
 import weakref
 from typing import Iterable, NamedTuple
 
@@ -96,7 +95,7 @@ class ImageBuilder:
         # the name only shows in /proc/<pid>/maps and fd links (debugging, leak checks)
         self.fd = os.memfd_create(f"{name}-{os.getpid()}-{next(_SERIAL)}",
                                   os.MFD_CLOEXEC | _MFD_ALLOW_SEALING)
-        self.token = secrets.token_bytes(_TOKEN_BYTES)
+        self.token = os.urandom(_TOKEN_BYTES)
         self.ref = ImageRef(os.getpid(), self.fd, self.token)
         self.size = 0
         self._write(memoryview(_MAGIC + self.token + bytes(_HEADER_BYTES - len(_MAGIC)

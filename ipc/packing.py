@@ -29,16 +29,12 @@ from __future__ import annotations
 
 import copyreg
 import dataclasses
-import datetime
-import decimal
 import enum
-import fractions
 import functools
-import pathlib
 import pickle
 import struct
+import sys
 import types
-import uuid
 from collections import Counter, OrderedDict, defaultdict
 from operator import methodcaller
 from typing import Any
@@ -55,12 +51,12 @@ OOB_MIN_BYTES = 64 * 1024  # bytes: arrays this large are zero-copy views of the
 #                            smaller ones are copied on read (cheaper than a table entry)
 _CHUNK_ITEMS = 1 << 16  # elements pickled and joined per step: bounds the transient copies
 _STACK_GLOBAL = pickle.STACK_GLOBAL  # protocol 5 names every non-builtin type with it
-_PLAIN_TYPES = frozenset({
-    complex, bytearray, range, slice, datetime.date, datetime.time,
-    datetime.datetime, datetime.timedelta, datetime.timezone, decimal.Decimal,
-    fractions.Fraction, uuid.UUID, OrderedDict, defaultdict, Counter,
-})
-_PLAIN_BASES = (pathlib.PurePath, enum.Enum, np.generic, np.dtype)
+_PLAIN_TYPES = frozenset({complex, bytearray, range, slice, OrderedDict, defaultdict, Counter})
+_PLAIN_NAMES = frozenset({  # by name: importing these modules here would slow every worker
+    ("datetime", "date"), ("datetime", "time"), ("datetime", "datetime"),
+    ("datetime", "timedelta"), ("datetime", "timezone"), ("decimal", "Decimal"),
+    ("fractions", "Fraction"), ("uuid", "UUID")})
+_PLAIN_BASES = (enum.Enum, np.generic, np.dtype)
 _NUMPY_SCALARS = frozenset({  # rebuilt exactly from .item(): type(x)(x.item()) == x
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
     np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128})
@@ -130,7 +126,10 @@ def _is_plain(obj: Any, main_ok: bool) -> bool:
         return main_ok or getattr(obj, "__module__", None) != "__main__"  # pickled by name
     if cls is np.ndarray:
         return not obj.dtype.hasobject
-    if isinstance(obj, _PLAIN_BASES):
+    if isinstance(obj, _PLAIN_BASES) or (cls.__module__, cls.__qualname__) in _PLAIN_NAMES:
+        return True
+    pathlib = sys.modules.get("pathlib")  # a path exists only if pathlib was imported
+    if pathlib is not None and isinstance(obj, pathlib.PurePath):
         return True
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         return True  # a named tuple: compared by value

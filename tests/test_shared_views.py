@@ -10,11 +10,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import decimal
 import enum
+import fractions
 import os
 import pathlib
 import pickle
 import random
+import uuid
 from collections import namedtuple
 
 import numpy as np
@@ -328,7 +331,9 @@ def test_strict_packing_takes_plain_values_only():
     try:
         plain = [{"p": pathlib.Path("x"), "pair": Pair(1, 2), "box": Box(1, "a"),
                   "color": Color.RED, "when": datetime.datetime(2020, 1, 1),
-                  "n": np.float32(1.5), "a": np.arange(4), "t": int}] * 10
+                  "n": np.float32(1.5), "a": np.arange(4), "t": int,
+                  "d": decimal.Decimal("1.5"), "f": fractions.Fraction(1, 3),
+                  "u": uuid.UUID(int=5), "dt": datetime.timedelta(1)}] * 10
         pack_sequence(builder, plain, strict=True, oob=True)
         for bad in ([ByIdentity()], [lambda: 1], [{"nested": [ByIdentity()]}],
                     [np.array([object()], dtype=object)]):
