@@ -11,6 +11,12 @@
 - The worker: one task at a time, in arrival order; messages waiting behind the current
   task are read first, so releases return slots early and a ``Resume`` drops stale tasks.
   User code that raises becomes a ``Failure``; a replica that ends becomes ``IterEnd``.
+  With ``on_error="skip"`` samples that raise are left out and listed in a ``BatchNote``
+  sent just before the reply (an ``EmptyBatch`` when none was left); with restarts on, a
+  Stateful replica's position rides in the same note.
+- A replacement worker (``WorkerPool.restart``) is this same loop started with the dead
+  worker's id, the slots the main process does not hold, and the replica position the main
+  process last received.
 - Shutdown: ``Stop`` ends the loop; so does the death of the main process (a pidfd in the
   same poll, or a parent-pid check where pidfds are missing). The worker leaves with
   ``os._exit`` so nothing inherited from the parent runs at exit.
@@ -34,10 +40,12 @@ import zmq
 
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
-from loader.ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Release, Result,
+                                 Resume, Stop, Task, pack, unpack)
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import make_fetcher
+from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.progress import ProgressWord
 from loader.workers.seeding import seed_worker
 from loader.workers import shipping
 from loader.workers.threads import limit_threads
@@ -69,6 +77,11 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    progress_fd: int  # where the batch in hand is written (workers/progress.py)
+    on_error: str = "raise"  # "skip": samples whose fetch raises are left out
+    track_state: bool = False  # send the replica's position with every batch (restarts on)
+    free_slots: list | None = None  # a replacement's writable slots (None: all of them)
+    replica_state: dict | None = None  # a replacement's replica position (None: the start)
     shipment: Any = None  # spawn / forkserver: where the image holds dataset, collate_fn
     #                       and worker_init_fn (workers/shipping.py); those fields are None
 
@@ -76,7 +89,8 @@ class WorkerSpec:
 class _Epoch:
     """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
 
-    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool) -> None:
+    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
+                 replica_state: dict | None = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
@@ -91,7 +105,8 @@ class _Epoch:
                 self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last)
+                                        spec.collate_fn, spec.drop_last, spec.on_error,
+                                        replica_state)
         except Exception as exc:  # an IterableDataset's __iter__ raised
             self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
 
@@ -125,14 +140,17 @@ class _Worker:
         self.out.setsockopt(zmq.LINGER, -1)
         self.out.connect(spec.result_address)
         self.writer = SlotWriter.open(spec.main_pid, spec.slot_fds, spec.fds_inherited)
-        self.free = set(range(self.writer.num_slots))
+        self.progress = ProgressWord.open(spec.main_pid, spec.progress_fd, spec.fds_inherited)
+        self.free = set(range(self.writer.num_slots)) if spec.free_slots is None \
+            else set(spec.free_slots)
         self.pending: deque = deque()
         self.parent_fd = _parent_watch(spec.main_pid)
         self.poller = zmq.Poller()
         self.poller.register(self.tasks, zmq.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True)
+        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True,
+                            replica_state=spec.replica_state)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -198,13 +216,16 @@ class _Worker:
             state.ended = True
             self.send(IterEnd(task.epoch, task.batch_id, wid))
             return
+        self.progress.started(task.epoch, task.batch_id)
         slot = self.free.pop() if self.free else -1
         writer = self.writer
         writer.begin(slot)
         previous = collate.use_allocator(writer.alloc)
         cpu0 = thread_time()
+        note = None
         try:
             batch = state.fetcher.fetch(task.indices)
+            note = self.note(task, state.fetcher)
             t0 = perf_counter()
             kind, payload, spans = codec.encode(batch, writer)
             encode_s = perf_counter() - t0
@@ -215,7 +236,13 @@ class _Worker:
                 self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
                 return
             state.ended = True
+            self.send_note(task, state.fetcher, with_state=False)
             self.send(IterEnd(task.epoch, task.batch_id, wid))
+            return
+        except BatchSkipped:
+            self.release_unused(slot)
+            self.send_note(task, state.fetcher)
+            self.send(EmptyBatch(task.epoch, task.batch_id, wid))
             return
         except Exception as exc:
             self.release_unused(slot)
@@ -229,12 +256,34 @@ class _Worker:
             slot, size = -1, 0
         fetcher = state.fetcher
         timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
+        if note is not None:
+            self.out.send(note)
         if kind == codec.LAYOUT:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
                              payload))
         else:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing),
                       payload)
+
+    def note(self, task: Task, fetcher: Any, with_state: bool = True) -> bytes | None:
+        """The packed BatchNote for the batch just fetched, or None when there is nothing to
+        say (the default path: no skips, no restarts). Raises what ``state_dict()`` or
+        pickling its result raises, so that it becomes this batch's Failure."""
+        skipped = fetcher.skipped
+        position = fetcher.state() if with_state and self.spec.track_state else None
+        if not skipped and position is None:
+            return None
+        return pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id, tuple(skipped),
+                              position))
+
+    def send_note(self, task: Task, fetcher: Any, with_state: bool = True) -> None:
+        try:
+            note = self.note(task, fetcher, with_state)
+        except Exception:  # the batch has no samples to lose; its skips are lost with it
+            note = pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id,
+                                  tuple(fetcher.skipped), None))
+        if note is not None:
+            self.out.send(note)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()
