@@ -440,6 +440,31 @@ def test_a_crashed_worker_leaves_no_image(small_thresholds):
     assert not _image_fds()
 
 
+class DiesOnce(Annotations):
+    """The first worker to read item 9 dies (the marker file says whether one has)."""
+
+    def __init__(self, n: int, marker: str) -> None:
+        super().__init__(n)
+        self.marker = marker
+
+    def __getitem__(self, i):
+        if i == 9 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(7)
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_replaced_worker_maps_the_same_image(method, tmp_path, small_thresholds):
+    dataset = DiesOnce(FEW, str(tmp_path / "died"))
+    loader = DataLoader(dataset, batch_size=4, sampler=range(40), num_workers=2,
+                        multiprocessing_context=method, worker_restarts=1, output="numpy")
+    batches = [_plain(b) for b in loader]
+    assert os.path.exists(tmp_path / "died")
+    assert batches == _batches(Annotations(FEW), batch_size=4, sampler=range(40))
+    assert not _image_fds()
+
+
 _KILLED_MAIN = textwrap.dedent("""
     import os, sys, time
     sys.path[:0] = [{root!r}, {tests!r}]
