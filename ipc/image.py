@@ -176,8 +176,3 @@ def attach(ref: ImageRef) -> memoryview:
         os.close(fd)
     view = _ATTACHED[ref.token] = memoryview(mapping)
     return view
-
-
-def attached_count() -> int:
-    """How many images this process has mapped (for tests)."""
-    return len(_ATTACHED)

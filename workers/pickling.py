@@ -36,7 +36,7 @@ from multiprocess.reduction import ForkingPickler
 from loader.ipc.packing import OOB_MIN_BYTES
 
 __all__ = ["Pickled", "UnpicklableError", "check_picklable", "dumps_once",
-           "find_unpicklable", "loads_once"]
+           "find_unpicklable", "loads_once", "name_culprit", "unpicklable_error"]
 
 _MAX_DEPTH = 6  # how deep the search for the culprit goes through attributes and items
 _NATIVE = frozenset({np.ndarray, types.BuiltinFunctionType, types.MethodType,
