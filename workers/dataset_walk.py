@@ -52,7 +52,12 @@ class Walk:
     nodes: dict = field(default_factory=dict)  # id -> object, for everything walked
     edges: dict = field(default_factory=dict)  # parent id -> [(how, where, child id)]
     candidates: list = field(default_factory=list)
-    estimate: int = 0  # bytes the candidates take as Python objects (sampled)
+    estimates: list = field(default_factory=list)  # bytes each candidate takes (sampled)
+
+    @property
+    def estimate(self) -> int:
+        """Bytes all candidates take as Python objects (sampled)."""
+        return sum(self.estimates)
 
 
 def _slot_names(cls: type) -> list[str]:
@@ -112,7 +117,7 @@ def find(roots: list[Any]) -> Walk:
         cls = type(obj)
         if cls in _CONTAINERS and len(obj) >= MIN_ITEMS:
             walk.candidates.append(obj)
-            walk.estimate += _estimate(obj)
+            walk.estimates.append(_estimate(obj))
             continue
         if depth >= _MAX_DEPTH:
             continue

@@ -73,10 +73,13 @@ class Shipment:
             image.close()
 
 
-def _pack(builder: ImageBuilder, candidates: list, inherit: bool) -> list[tuple]:
-    """(container, view code, header offset, header length) of each container that packs."""
-    out = []
-    for container in candidates:
+def _pack(builder: ImageBuilder, walk: Any, inherit: bool) -> list[tuple]:
+    """(container, view code, header offset, header length) of each container that packs,
+    largest first; none when those that pack are estimated under SHARE_MIN_BYTES in all
+    (their sections then stay unused in the image)."""
+    out, packed_bytes = [], 0
+    for estimate, container in sorted(zip(walk.estimates, walk.candidates),
+                                      key=lambda pair: -pair[0]):
         pack = pack_mapping if type(container) is dict else pack_sequence
         try:
             header = pack(builder, container, strict=True, oob=not inherit, main_ok=inherit)
@@ -84,7 +87,8 @@ def _pack(builder: ImageBuilder, candidates: list, inherit: bool) -> list[tuple]
             continue  # not plain values: left as it is
         at, length = write_header(builder, header)
         out.append((container, _CODES[type(container)], at, length))
-    return out
+        packed_bytes += estimate
+    return out if packed_bytes >= SHARE_MIN_BYTES else []
 
 
 def prepare(dataset: Any, collate_fn: Any, worker_init_fn: Any, *,
@@ -102,8 +106,7 @@ def prepare(dataset: Any, collate_fn: Any, worker_init_fn: Any, *,
               "shared": []}
     image = None
     try:
-        sections = _pack(builder, walk.candidates, inherit) \
-            if walk.estimate >= SHARE_MIN_BYTES else []
+        sections = _pack(builder, walk, inherit) if walk.estimate >= SHARE_MIN_BYTES else []
         report["shared"] = [(code, len(c)) for c, code, _, _ in sections]
         if inherit:
             if not sections:
