@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from typing import Any
 
-__all__ = ["format_table", "write_json", "write_plot"]
+__all__ = ["format_table", "state_overheads", "write_json", "write_plot"]
 
 _NOTE_WIDTH = 48  # characters of an error message shown in the table; the JSON has all
 _BUSY_NOTE_CORES = 0.25  # other processes' CPU (in cores) during a row's timed loops above
@@ -82,7 +83,8 @@ _MEMORY_COLUMNS = [  # the "memory" workloads' own table
     ("samples/s", "samples_per_s", "{:,.0f}"),
     ("note", "note", "{}"),
 ]
-_MEMORY_LEGEND = """memory workloads: one shuffled epoch of a fixed dataset, a fresh loader per rep (median
+_MEMORY_LEGEND = """\
+memory workloads: one shuffled epoch of a fixed dataset, a fresh loader per rep (median
   rep by TTFB). worker USS: each worker's unique memory right after the first batch and
   before the last one is handed out; PSS sum: main process + workers at that point (shared
   pages counted once in total); ×torch: torch's TTFB / ours (higher is sooner); epoch s:
@@ -118,6 +120,41 @@ def _grid(rows: list[dict], columns: list) -> list[str]:
     return lines
 
 
+def state_overheads(rows: list[dict], runs: list[dict] | None = None) -> list[dict]:
+    """What calling ``state_dict()`` after every batch costs each loader: its ``-state``
+    runs against its plain runs of the same cell. Reps alternate loader by loader, so
+    rep i of both ran back to back; the figures are medians over those pairs (robust to
+    load that changes between reps), or of the rows' medians without the runs."""
+    by_key = {(r["workload"], r["loader"], r["num_workers"]): r for r in rows}
+    reps: dict[tuple, dict] = {}
+    for run in runs or ():
+        if not run.get("calibration") and run.get("samples_per_s") and not run.get("error"):
+            reps[(run["workload"], run["loader"], run["num_workers"], run.get("rep"))] = run
+    out = []
+    for (workload, name, workers), probe in sorted(by_key.items()):
+        if not name.endswith("-state"):
+            continue
+        plain = name[: -len("-state")]
+        base = by_key.get((workload, plain, workers))
+        if not base or not base.get("samples_per_s") or not probe.get("samples_per_s"):
+            continue
+        pairs = [(reps[(workload, plain, workers, rep)], run)
+                 for (w, n, k, rep), run in reps.items()
+                 if (w, n, k) == (workload, name, workers)
+                 and (workload, plain, workers, rep) in reps]
+        if not pairs:
+            pairs = [(base, probe)]
+        change = statistics.median(p["samples_per_s"] / b["samples_per_s"]
+                                   for b, p in pairs)
+        cpu = statistics.median((p.get("main_cpu_us_per_batch") or 0)
+                                - (b.get("main_cpu_us_per_batch") or 0) for b, p in pairs)
+        out.append({"workload": workload, "loader": plain, "num_workers": workers,
+                    "pairs": len(pairs), "throughput_change_pct": (change - 1) * 100,
+                    "main_cpu_us_per_batch": cpu,
+                    "main_cpu_us_per_batch_plain": base.get("main_cpu_us_per_batch")})
+    return out
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None or value == "":
         return "-" if fmt != "{}" else ""
@@ -132,6 +169,17 @@ def format_table(result: dict) -> str:
     lines = _grid(rows, _COLUMNS) if rows else []
     if memory:
         lines += ([""] if lines else []) + _grid(memory, _MEMORY_COLUMNS)
+    overheads = result.get("state_overhead") or state_overheads(result["rows"])
+    if overheads:
+        lines += ["", "state_dict() after every batch: each -state run against the plain run "
+                      "next to it (median over the rep pairs):"]
+        for o in overheads:
+            plain_cpu = o.get("main_cpu_us_per_batch_plain")
+            lines.append(f"  {o['workload']} w={o['num_workers']} {o['loader']}: "
+                         f"samples/s {o['throughput_change_pct']:+.1f}%, main CPU "
+                         f"{o['main_cpu_us_per_batch']:+.1f} µs per batch"
+                         + (f" (of {plain_cpu:.0f})" if plain_cpu else "")
+                         + f", {o['pairs']} pair(s)")
     kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
     if rows:
         lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS")]

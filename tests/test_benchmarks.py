@@ -89,3 +89,18 @@ def test_bad_names_are_refused(tmp_path, args):
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode != 0
     assert "nope" in proc.stderr
+
+
+def test_state_dict_probe(tmp_path):
+    """tiny_state runs ours with and without state_dict() after every batch and reports
+    the difference (torchdata's too when it is installed)."""
+    proc, result = _bench(tmp_path, "--workloads", "tiny_state", "--loaders",
+                          "ours,ours-state,torchdata,torchdata-state", "--workers", "0")
+    loaders = {r["loader"] for r in result["rows"]}
+    assert loaders == {"ours", "ours-state", "torchdata", "torchdata-state"}
+    overhead = {o["loader"]: o for o in result["state_overhead"]}
+    assert set(overhead) == {"ours", "torchdata"}
+    assert "state_dict() after every batch" in proc.stdout
+    _, plain = _bench(tmp_path, "--workloads", "tiny", "--loaders", "ours,ours-state",
+                      "--workers", "0")
+    assert {r["loader"] for r in plain["rows"]} == {"ours"}  # probes run where asked

@@ -44,9 +44,9 @@ from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Releas
                                  Resume, Stop, Task, pack, unpack)
 from loader import collate
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
 from loader.workers.progress import ProgressWord
-from loader.workers.seeding import seed_worker
+from loader.workers.seeding import BatchSeeder, seed_worker
 from loader.workers import shipping
 from loader.workers.threads import limit_threads
 
@@ -82,19 +82,36 @@ class WorkerSpec:
     track_state: bool = False  # send the replica's position with every batch (restarts on)
     free_slots: list | None = None  # a replacement's writable slots (None: all of them)
     replica_state: dict | None = None  # a replacement's replica position (None: the start)
+    seeding: str = "per_worker"  # or "per_batch" (workers/seeding.py)
+    seed_epoch: int = 0  # the loader's epoch, for per-batch seeds
+    snapshot_every: int = 0  # take the replica's resume entry every N batches (0: never)
+    restore: Any = None  # where this worker's replica starts after a resume (loader/state.py)
     shipment: Any = None  # spawn / forkserver: where the image holds dataset, collate_fn
     #                       and worker_init_fn (workers/shipping.py); those fields are None
 
 
 class _Epoch:
-    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
+    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure.
+
+    A resume's ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the
+    last epoch left it) is loaded before seeding, as that dataset was when its worker was
+    reseeded; any other (a position inside the epoch) after ``worker_init_fn``, where it
+    was taken.
+    """
 
     def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
-                 replica_state: dict | None = None) -> None:
+                 replica_state: dict | None = None, seed_epoch: int = 0,
+                 restore: Any = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
         self.init_error: Failure | None = None
+        if restore is not None and restore.get("epoch_start"):
+            try:
+                load_dataset_state(spec.dataset, restore.get("entry"), copy_state=False)
+            except Exception as exc:
+                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+            restore = None
         seed, rng = seed_worker(base_seed, spec.worker_id)
         _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
                                     dataset=spec.dataset, rng=rng, epoch=epoch))
@@ -103,11 +120,15 @@ class _Epoch:
                 spec.worker_init_fn(spec.worker_id)
             except Exception as exc:  # reported as the reply to this epoch's first task
                 self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
+        seeder = BatchSeeder(base_seed, seed_epoch, rng, keep_user_state=False) \
+            if spec.seeding == "per_batch" else None
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
                                         spec.collate_fn, spec.drop_last, spec.on_error,
-                                        replica_state)
-        except Exception as exc:  # an IterableDataset's __iter__ raised
+                                        replica_state, seeder=seeder,
+                                        every=spec.snapshot_every, worker_id=spec.worker_id,
+                                        restore=restore)
+        except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
             self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
 
 
@@ -150,7 +171,8 @@ class _Worker:
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
         self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True,
-                            replica_state=spec.replica_state)
+                            replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
+                            restore=spec.restore)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -198,7 +220,8 @@ class _Worker:
                 continue  # only releases arrived
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
+                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False,
+                                    seed_epoch=item.seed_epoch, restore=item.restore)
             else:
                 self.serve(item)
 
@@ -224,7 +247,7 @@ class _Worker:
         cpu0 = thread_time()
         note = None
         try:
-            batch = state.fetcher.fetch(task.indices)
+            batch = state.fetcher.fetch(task.indices, task.batch_id)
             note = self.note(task, state.fetcher)
             t0 = perf_counter()
             kind, payload, spans = codec.encode(batch, writer)
@@ -237,7 +260,7 @@ class _Worker:
                 return
             state.ended = True
             self.send_note(task, state.fetcher, with_state=False)
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+            self.send(IterEnd(task.epoch, task.batch_id, wid, self.end_state()))
             return
         except BatchSkipped:
             self.release_unused(slot)
@@ -258,12 +281,21 @@ class _Worker:
         timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
         if note is not None:
             self.out.send(note)
+        entry = getattr(fetcher, "entry", None)  # a resume entry (TrackedFetcher)
         if kind == codec.LAYOUT:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
-                             payload))
+                             payload, entry))
         else:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing),
-                      payload)
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
+                             None, entry), payload)
+
+    def end_state(self) -> Any:
+        """The Stateful dataset's state as its ended replica leaves it (None otherwise);
+        a persistent worker's next epoch starts from it after a resume."""
+        try:
+            return end_state(self.spec.dataset)
+        except Exception:  # nowhere to report it: such a resumed next epoch starts fresh
+            return None
 
     def note(self, task: Task, fetcher: Any, with_state: bool = True) -> bytes | None:
         """The packed BatchNote for the batch just fetched, or None when there is nothing to
