@@ -2,7 +2,7 @@
 
 ```
  main ──Task/Release/Resume/Stop──▶ PULL (bound at ipc://@<run>-task-k)
-                                     │ fetch + collate (workers/fetch.py) into a free slot
+                                     │ fetch + collate + encode (workers/task.py) into a free slot
  main ◀──Result/Failure/IterEnd───── PUSH (connects to ipc://@<run>-results)
 ```
 
@@ -20,24 +20,19 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import pickle
 import signal
 import sys
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from time import perf_counter, thread_time
 from typing import Any, Callable
 
 import zmq
 
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
-from loader.ipc.messages import Failure, IterEnd, Release, Result, Resume, Stop, Task, pack, unpack
-from loader import collate
-from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import make_fetcher
-from loader.workers.seeding import seed_worker
+from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
+from loader.workers.task import SKIP, Encoded, EpochState, fetch_and_encode
 from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
@@ -69,39 +64,6 @@ class WorkerSpec:
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
 
 
-class _Epoch:
-    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure."""
-
-    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool) -> None:
-        self.epoch = epoch
-        self.ended = False
-        self.fetcher = None
-        self.init_error: Failure | None = None
-        seed, rng = seed_worker(base_seed, spec.worker_id)
-        _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
-                                    dataset=spec.dataset, rng=rng, epoch=epoch))
-        if run_init and spec.worker_init_fn is not None:
-            try:
-                spec.worker_init_fn(spec.worker_id)
-            except Exception as exc:  # reported as the reply to this epoch's first task
-                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
-        try:
-            self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last)
-        except Exception as exc:  # an IterableDataset's __iter__ raised
-            self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
-
-
-def _failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
-             indices: Any) -> Failure:
-    try:
-        exc_type = pickle.dumps(type(exc))
-    except Exception:  # a local exception class: the main process raises RuntimeError
-        exc_type = None
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Failure(epoch, batch_id, worker_id, type(exc).__name__, exc_type, text, indices)
-
-
 def _parent_watch(main_pid: int) -> int | None:
     try:
         return os.pidfd_open(main_pid)
@@ -128,7 +90,7 @@ class _Worker:
         self.poller.register(self.tasks, zmq.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True)
+        self.state = EpochState(spec, spec.epoch, spec.base_seed, run_init=True)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -176,61 +138,37 @@ class _Worker:
                 continue  # only releases arrived
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False)
+                self.state = EpochState(self.spec, item.epoch, item.base_seed, run_init=False)
             else:
                 self.serve(item)
 
     def serve(self, task: Task) -> None:
-        """Answer ``task``: every task gets exactly one reply, unless it is stale or this
-        replica has already reported its end (the main process then expects none)."""
-        state, wid = self.state, self.spec.worker_id
-        if task.epoch != state.epoch or state.ended:
-            return
-        if state.init_error is not None:
-            failure, state.init_error = state.init_error, None
-            self.send(failure._replace(batch_id=task.batch_id, indices=task.indices))
-            return
-        if state.fetcher is None:  # the replica could not start: it has nothing to give
-            state.ended = True
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+        """Answer ``task`` (see ``EpochState.precheck`` for which tasks get no reply)."""
+        state = self.state
+        early = state.precheck(task.epoch, task.batch_id, task.indices)
+        if early is not None:
+            if early is not SKIP:
+                self.send(early)
             return
         slot = self.free.pop() if self.free else -1
         writer = self.writer
         writer.begin(slot)
-        previous = collate.use_allocator(writer.alloc)
-        cpu0 = thread_time()
-        try:
-            batch = state.fetcher.fetch(task.indices)
-            t0 = perf_counter()
-            kind, payload, spans = codec.encode(batch, writer)
-            encode_s = perf_counter() - t0
-            del batch
-        except StopIteration as exc:
+        out = fetch_and_encode(state, writer, task.epoch, task.batch_id, task.indices)
+        if type(out) is not Encoded:  # a Failure or IterEnd
             self.release_unused(slot)
-            if not self.spec.iterable:  # a map dataset raised it: an error, as in torch
-                self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
-                return
-            state.ended = True
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+            self.send(out)
             return
-        except Exception as exc:
-            self.release_unused(slot)
-            self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
-            return
-        finally:
-            collate.use_allocator(previous)
         size = writer.end()
-        if kind == codec.INBAND or size == 0:
+        if out.kind == codec.INBAND or size == 0:
             self.release_unused(slot)
             slot, size = -1, 0
-        fetcher = state.fetcher
-        timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
-        if kind == codec.LAYOUT:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
-                             payload))
+        wid = self.spec.worker_id
+        if out.kind == codec.LAYOUT:
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,
+                             out.timing, out.payload))
         else:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing),
-                      payload)
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,
+                             out.timing), out.payload)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()
