@@ -5,6 +5,7 @@ Every public name of ``torch.utils.data`` is here with torch's behaviour; batche
 numpy arrays, or torch tensors when torch is in use (see ``DataLoader(output=...)``).
 """
 
+from loader.backends import RayBackend
 from loader.collate import default_collate, default_collate_fn_map, default_convert
 from loader.dataloader import DataLoader
 from loader.dataset import (
@@ -40,6 +41,7 @@ __all__ = [
     "DistributedSampler",
     "IterableDataset",
     "RandomSampler",
+    "RayBackend",
     "Sampler",
     "SequentialSampler",
     "StackDataset",

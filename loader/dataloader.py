@@ -19,6 +19,7 @@ import multiprocess
 from loader import _output
 from loader._random import as_source
 from loader.autotune import AutoTuner, initial_workers
+from loader.backends import resolve_backend
 from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
@@ -61,8 +62,10 @@ class DataLoader(Generic[T_co]):
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
     Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
-    and ``num_workers="auto"``, which sizes the pool from measurements
-    (``loader/autotune.py``).
+    ``num_workers="auto"``, which sizes the pool from measurements
+    (``loader/autotune.py``), and ``worker_backend`` ("local", "ray" or a
+    :class:`~loader.backends.RayBackend`; see ``loader/backends.py``), which runs the
+    workers as Ray actors on a cluster.
     """
 
     __initialized = False
@@ -88,6 +91,7 @@ class DataLoader(Generic[T_co]):
         pin_memory_device: str = "",
         in_order: bool = True,
         output: str | None = "auto",
+        worker_backend: Any = None,
     ) -> None:
         autotune = num_workers == "auto"
         if autotune:
@@ -111,6 +115,8 @@ class DataLoader(Generic[T_co]):
             raise ValueError("prefetch_factor option should be non-negative")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
+        self.worker_backend, self._ray_options = resolve_backend(
+            worker_backend, "auto" if autotune else num_workers, multiprocessing_context)
 
         self.dataset = dataset
         self.num_workers = num_workers
@@ -227,6 +233,12 @@ class DataLoader(Generic[T_co]):
         ctx = self.multiprocessing_context
         return multiprocess.get_context() if ctx is None else _as_context(ctx)
 
+    def _backend_spec(self) -> tuple[str, dict]:
+        """The worker engine and its own arguments, for ``make_backend``."""
+        if self.worker_backend == "ray":
+            return "ray", {"options": self._ray_options, "owner": self}
+        return "local", {"context": self._worker_context()}
+
     def __setattr__(self, attr: str, val: Any) -> None:
         if self.__initialized and attr in _FROZEN:
             raise ValueError(
@@ -273,8 +285,8 @@ class DataLoader(Generic[T_co]):
 
     def check_worker_number_rationality(self) -> None:
         """Warn, as torch does, when more workers are asked for than there are CPUs."""
-        if not self.num_workers:
-            return
+        if not self.num_workers or self.worker_backend == "ray":
+            return  # Ray actors use the cluster's CPUs, not this machine's
         suggest = _cpu_count()
         if suggest is not None and self.num_workers <= suggest:
             return
@@ -304,3 +316,6 @@ class DataLoader(Generic[T_co]):
         iterator, self._iterator = self._iterator, None
         if iterator is not None and hasattr(iterator, "close"):
             iterator.close()
+        if self.worker_backend == "ray":
+            from loader.workers import ray_session  # imports no Ray
+            ray_session.leave(self)
