@@ -28,6 +28,8 @@ import ray_datasets as rd
 from helpers import frozen_heap  # noqa: F401 (autouse fixture)
 from ray_helpers import RayCluster, with_tests_on_worker_path
 
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+
 _DIE_WITHIN_S = 10.0  # generous bound for "promptly" on a loaded 2-core machine; the
 #                       measured figure is printed and reported in benchmarks
 
@@ -216,10 +218,16 @@ def test_ray_options_pin_actors_and_are_validated(ray_cluster):
 
 
 def error_of(dl):
-    with pytest.raises(Exception) as info:
-        for _ in dl:
-            pass
-    return info.value
+    """The first exception iterating ``dl`` raises; its iterator closed (the traceback
+    would keep it, and its workers, alive)."""
+    it = iter(dl)
+    try:
+        with pytest.raises(Exception) as info:
+            for _ in it:
+                pass
+        return info.value
+    finally:
+        it.close()
 
 
 def test_user_errors_come_back_as_on_the_local_engine(ray_cluster):
