@@ -39,6 +39,12 @@ class Adapter:
     def shutdown(self, loader: Any, iterator: Any) -> None:
         """Stop every worker of ``loader``/``iterator`` now (idempotent)."""
 
+    def prepare(self, max_workers: int) -> None:
+        """Once before the suite's first run (e.g. start a cluster for its workers)."""
+
+    def finish(self) -> None:
+        """Once after the suite's last run."""
+
 
 class OursAdapter(Adapter):
     """``loader.DataLoader``; batches as numpy (or torch with ``output="torch"``)."""
@@ -106,11 +112,13 @@ class TorchAdapter(Adapter):
 
 def _registry() -> dict[str, Adapter]:
     from . import peers
+    from .ray_adapter import RayAdapter
     adapters: list[Adapter] = [OursAdapter(), OursAdapter("ours-torch", "torch"),
-                               TorchAdapter(), *peers.PEERS]
+                               RayAdapter(), TorchAdapter(), *peers.PEERS]
     return {a.name: a for a in adapters}
 
 
 ADAPTERS: dict[str, Adapter] = _registry()
-# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy
+# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy;
+# ours-ray too: it starts a local Ray cluster (seconds, hundreds of MB)
 DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl")

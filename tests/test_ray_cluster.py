@@ -36,7 +36,7 @@ def ray_cluster():
     with with_tests_on_worker_path():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "include_dashboard": False, "object_store_memory": _STORE,
-            "_system_config": _HEALTH})
+            "_system_config": dict(_HEALTH)})  # Ray adds its own keys to it
         try:
             for _ in range(2):
                 cluster.add_node(num_cpus=2, resources={"cpu_node": 2},
