@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from loader.errors import WorkerError
 from loader.ipc.arena import Lease
@@ -110,6 +110,8 @@ class RayPool:
                  worker_init_fn: Any, base_seed: int, thread_limit: int | None,
                  options: Any, owner: Any = None, slots_per_worker: int = 0,
                  context: Any = None) -> None:
+        # slots_per_worker and context are the local engine's: Ray's object store holds
+        # as many batches as are in flight, and actors need no start method
         self.num_workers = 0
         self.blocked_s = 0.0
         self._closed = False
@@ -279,9 +281,11 @@ class RayPool:
         if len(said) > _REASON_CHARS:
             said = said[:_REASON_CHARS] + "..."
         where = self._where[worker_id]
+        what = ("is gone: its Ray actor or node died" if isinstance(exc, RayActorError)
+                else "failed outside your code")
         return WorkerError(
-            f"DataLoader worker {worker_id} ({self.describe(worker_id)}) is gone: its Ray "
-            f"actor or node died. Ray said: {type(exc).__name__}: {said}",
+            f"DataLoader worker {worker_id} ({self.describe(worker_id)}) {what}. "
+            f"Ray said: {type(exc).__name__}: {said}",
             worker_id=worker_id, pid=where[0] if where else None)
 
     def _learn_where(self, wait_s: float = 0.0) -> None:
