@@ -50,6 +50,8 @@ _COPY_BELOW = 100 * 1024  # bytes: Ray returns objects smaller than this (its de
 #                          max_direct_call_object_size) inside the reply, not in the object
 #                          store, so there is no store memory to share: copy them (writable,
 #                          a few us) and free Ray's object at once
+_DEATH_DRAIN_S = 10.0  # how long a dead worker's earlier results may take to arrive
+#                        before its death is reported anyway (they are pulled, or lost)
 _REASON_CHARS = 600  # characters of Ray's error message quoted in a WorkerError
 _LIVE_POOLS: "weakref.WeakSet[RayPool]" = weakref.WeakSet()
 _actor_class = None
@@ -126,7 +128,11 @@ class RayPool:
         self._pids: list[int | None] = []  # local pids, for stats (None: elsewhere/unknown)
         self._retired: set[int] = set()
         self._inflight: dict[Any, int] = {}  # ObjectRef -> worker id, in submission order
-        self._epoch_of: dict[Any, int] = {}  # ObjectRef -> epoch of its task
+        self._task_of: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (epoch, number)
+        self._submitted = 0  # tasks numbered in submission order
+        # worker -> (number of its first failed task, Ray's error, when): reported once the
+        # tasks it completed before are all delivered (their results outlive the actor)
+        self._deaths: dict[int, tuple[int, BaseException, float]] = {}
         self.exited: list[_ActorProcess] = []
         self._job = None
         ray_session.join([owner, self], options)
@@ -169,12 +175,21 @@ class RayPool:
     def start(self, count: int | None = None) -> None:
         """Actors start as soon as they are created; nothing more to do."""
 
-    def restart(self, worker_id: int, epoch: int, base_seed: int) -> None:
+    def restart(self, worker_id: int, epoch: int, base_seed: int,
+                replica_state: dict | None = None) -> None:
         """Replace worker ``worker_id`` (dead, or given up on) by a new actor with the same
-        id, seeds and ``worker_init_fn``, starting at ``epoch``; its unanswered tasks are
-        dropped (the iterator dispatches them again)."""
+        id, seeds and ``worker_init_fn``, iterating ``epoch``; its unanswered tasks are
+        dropped (the caller submits again what it still owes). Batches already handed out
+        live in the object store, untouched by the new actor. An iterable replica starts
+        from its beginning: restoring a position (``replica_state``) is not supported on
+        this engine, and asking for it raises ``WorkerError``."""
+        if replica_state is not None:
+            raise WorkerError(f"DataLoader worker {worker_id} cannot be replaced: the Ray "
+                              "engine cannot restore an IterableDataset replica's position",
+                              worker_id=worker_id)
         self._kill(worker_id)
         self._drop_tasks(worker_id)
+        self._deaths.pop(worker_id, None)
         actor = self._new_actor(worker_id, self.num_workers, epoch, base_seed)
         self._actors[worker_id] = actor
         self._where_refs[worker_id] = actor.where.remote()
@@ -182,6 +197,18 @@ class RayPool:
         self._created[worker_id] = time.monotonic()
         self._procs[worker_id] = _ActorProcess(self, worker_id)
         self._pids[worker_id] = None
+
+    def kill(self, worker_id: int) -> None:
+        """End a (stuck) worker at once; its unanswered tasks then fail, and
+        :meth:`receive` reports its death as any other."""
+        try:
+            ray.kill(self._actors[worker_id], no_restart=True)
+        except Exception:  # already gone
+            pass
+
+    def in_hand(self, worker_id: int) -> tuple[int, int] | None:
+        """Which batch the worker is on: Ray does not say, so None."""
+        return None
 
     def retire(self, worker_id: int) -> None:
         """Stop a worker on purpose; its end is not an error. Give it no more tasks."""
@@ -200,16 +227,17 @@ class RayPool:
 
     def _drop_tasks(self, worker_id: int, before_epoch: int | None = None) -> None:
         for ref in [r for r, k in self._inflight.items() if k == worker_id
-                    and (before_epoch is None or self._epoch_of[r] < before_epoch)]:
+                    and (before_epoch is None or self._task_of[r][0] < before_epoch)]:
             del self._inflight[ref]
-            del self._epoch_of[ref]
+            del self._task_of[ref]
 
     # ------------------------------------------------------------------ tasks
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         ref = self._actors[worker_id].fetch.remote(epoch, batch_id, indices)
+        self._submitted += 1
         self._inflight[ref] = worker_id
-        self._epoch_of[ref] = epoch
+        self._task_of[ref] = (epoch, self._submitted)
 
     def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
         """Reseed and restart iteration; answers still due from older epochs are dropped
@@ -228,6 +256,7 @@ class RayPool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             self._learn_where()
+            self._raise_death()
             refs = list(self._inflight)
             wait_s = _POLL_S if deadline is None else \
                 max(0.0, min(_POLL_S, deadline - time.monotonic()))
@@ -254,11 +283,14 @@ class RayPool:
     def _take(self, ref: Any) -> tuple[Any, Any] | None:
         """The reply in ``ref`` (None when the worker had no reply to give)."""
         worker_id = self._inflight.pop(ref)
-        del self._epoch_of[ref]
+        number = self._task_of.pop(ref)[1]
         try:
             head, payload, buffer = ray.get(ref, timeout=_GET_TIMEOUT_S)
         except (RayError, GetTimeoutError) as exc:
-            raise self._gone(worker_id, exc) from None
+            known = self._deaths.get(worker_id)
+            if known is None or number < known[0]:
+                self._deaths[worker_id] = (number, exc, time.monotonic())
+            return None
         if head is None:
             return None
         message = unpack(head)
@@ -273,6 +305,19 @@ class RayPool:
                 lease._ref = ref  # the object lives as long as any view of the batch
         body = message.layout if message.codec == LAYOUT else payload
         return message, decode(message.codec, body, lease, message.spans)
+
+    def _raise_death(self) -> None:
+        """Raise the WorkerError of a dead worker once no task it submitted before its
+        first failed one is still due (or after ``_DEATH_DRAIN_S``)."""
+        if not self._deaths:
+            return
+        now = time.monotonic()
+        for worker_id, (number, exc, since) in list(self._deaths.items()):
+            owed = any(k == worker_id and self._task_of[r][1] < number
+                       for r, k in self._inflight.items())
+            if not owed or now - since > _DEATH_DRAIN_S:
+                del self._deaths[worker_id]
+                raise self._gone(worker_id, exc) from None
 
     def _gone(self, worker_id: int, exc: BaseException) -> WorkerError:
         self._learn_where()
@@ -363,7 +408,8 @@ class RayPool:
         self._closed = True
         _LIVE_POOLS.discard(self)
         self._inflight.clear()
-        self._epoch_of.clear()
+        self._task_of.clear()
+        self._deaths.clear()
         if ray.is_initialized():
             for k in range(len(self._actors)):
                 self._kill(k)
