@@ -11,7 +11,9 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import time
+import types
 import warnings
 import weakref
 
@@ -72,6 +74,12 @@ def pair(dataset, **kwargs):
     local = DataLoader(dataset, output="numpy", **kwargs)
     remote = DataLoader(dataset, output="numpy", worker_backend="ray", **kwargs)
     return local, remote
+
+
+def driver_references() -> dict:
+    """Object ids this process holds references to (Ray's reference counter; private API,
+    the only view of it without the dashboard)."""
+    return ray._private.worker.global_worker.core_worker.get_all_reference_counts()
 
 
 def without(batches, *keys):
@@ -182,9 +190,12 @@ def test_big_batches_are_zero_copy_views_released_with_the_batch(ray_cluster):
     lease = images.base
     assert isinstance(lease, Lease) and isinstance(lease._ref, ray.ObjectRef)
     gone = weakref.ref(lease)
+    key = lease._ref.hex().encode()
+    assert key in driver_references()
     del batch, images, lease
     gc.collect()
     assert gone() is None  # the ObjectRef went with the batch's last view
+    assert key not in driver_references()  # so Ray frees the object
     small = DataLoader(rd.Plain(8), batch_size=2, num_workers=1, output="numpy",
                        worker_backend="ray")
     first = next(iter(small))
@@ -263,6 +274,21 @@ def test_worker_init_fn_error_is_the_users(ray_cluster):
     ours, theirs = error_of(remote), error_of(local)
     assert type(ours) is RuntimeError and str(ours) == str(theirs)
     assert "init failed in 0" in str(ours)
+
+
+def test_a_dataset_the_actors_cannot_import_is_named(ray_cluster):
+    module = types.ModuleType("only_in_the_driver")  # no file: workers cannot import it
+    exec("class Data:\n    def __len__(self): return 4\n"
+         "    def __getitem__(self, i): return i\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        err = error_of(DataLoader(module.Data(), batch_size=2, num_workers=1,
+                                  worker_backend="ray"))
+    finally:
+        del sys.modules[module.__name__]
+    assert type(err) is WorkerError
+    assert "DataLoader worker 0" in str(err) and "could not start" in str(err)
+    assert "No module named 'only_in_the_driver'" in str(err)
 
 
 def test_timeout_keeps_its_meaning(ray_cluster):

@@ -326,8 +326,13 @@ class RayPool:
         if len(said) > _REASON_CHARS:
             said = said[:_REASON_CHARS] + "..."
         where = self._where[worker_id]
-        what = ("is gone: its Ray actor or node died" if isinstance(exc, RayActorError)
-                else "failed outside your code")
+        if isinstance(exc, RayActorError) and getattr(exc, "actor_init_failed", False):
+            what = ("could not start: its Ray actor failed to receive the dataset, "
+                    "collate_fn or worker_init_fn (is their code importable on every node?)")
+        elif isinstance(exc, RayActorError):
+            what = "is gone: its Ray actor or node died"
+        else:
+            what = "failed outside your code"
         return WorkerError(
             f"DataLoader worker {worker_id} ({self.describe(worker_id)}) {what}. "
             f"Ray said: {type(exc).__name__}: {said}",
