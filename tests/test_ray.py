@@ -291,6 +291,19 @@ def test_a_dataset_the_actors_cannot_import_is_named(ray_cluster):
     assert "No module named 'only_in_the_driver'" in str(err)
 
 
+def test_a_dataset_ray_cannot_pickle_fails_before_any_actor_starts(ray_cluster):
+    import threading
+
+    class Locked(rd.Plain):
+        def __init__(self):
+            super().__init__(4)
+            self.lock = threading.Lock()
+
+    with pytest.raises(TypeError, match="(?s)could not send the dataset, collate_fn and "
+                                        "worker_init_fn to Ray: .*cannot pickle .*lock"):
+        iter(DataLoader(Locked(), batch_size=2, num_workers=2, worker_backend="ray"))
+
+
 def test_timeout_keeps_its_meaning(ray_cluster):
     dl = DataLoader(rd.Slow(8, 3.0, from_index=2), batch_size=2, num_workers=1, timeout=0.5,
                     worker_backend="ray")

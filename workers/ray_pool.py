@@ -64,6 +64,14 @@ def _remote_class() -> Any:
     return _actor_class
 
 
+def _retyped(exc: BaseException, message: str) -> BaseException:
+    """``exc``'s type with ``message`` (a TypeError when that type needs other arguments)."""
+    try:
+        return type(exc)(message)
+    except Exception:
+        return TypeError(message)
+
+
 def _lease_over(buffer: np.ndarray) -> Lease:
     """A Lease on the memory of ``buffer`` (a view of Ray's object store) whose base is
     Ray's buffer object itself: were it the array Ray returned, numpy would collapse the
@@ -142,8 +150,8 @@ class RayPool:
             try:
                 self._job = ray.put((dataset, collate_fn, worker_init_fn))
             except Exception as exc:
-                raise type(exc)(f"DataLoader(worker_backend='ray') could not send the dataset,"
-                                f" collate_fn and worker_init_fn to Ray: {exc}") from exc
+                raise _retyped(exc, "DataLoader(worker_backend='ray') could not send the "
+                               f"dataset, collate_fn and worker_init_fn to Ray: {exc}") from exc
             self.add_workers(num_workers, epoch=0, base_seed=base_seed)
         except BaseException:
             self.shutdown()
