@@ -139,8 +139,13 @@ class SlotWriter:
         self._slot, self._offset = slot, 0
         self._maps = []
         self._given = {}
-        if slot >= 0 and self._views[slot] is not None:
-            self._note_map(self._views[slot])
+        if slot >= 0:
+            view = self._views[slot]
+            if view is None and self._sizes[slot]:
+                # a replacement worker (worker_restarts) finds slots its predecessor grew
+                view = self._views[slot] = _map(self._fds[slot], self._sizes[slot])
+            if view is not None:
+                self._note_map(view)
 
     def end(self) -> int:
         """Finish the batch; returns the slot's size, which the main process must map."""

@@ -2,12 +2,13 @@
 
 Worker side, :func:`encode` (the slot is the current one of ``SlotWriter``):
 
-- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts and numpy arrays of
-  plain dtypes, with str / bytes / int / float / bool / None leaves, which is what
-  ``default_collate`` returns, becomes a tree of plain tuples whose array leaves are
-  (dtype, shape, offset, strides) in the slot; it rides inside the Result message itself. Arrays ``default_collate`` wrote into the
-  slot are described where they are; arrays elsewhere (a custom ``collate_fn``) are
-  copied in once.
+- **Layout** (``LAYOUT``): a batch made only of lists, tuples, dicts and numpy arrays
+  (or CPU torch tensors) of plain dtypes, with str / bytes / int / float / bool / None
+  leaves, which is what ``default_collate`` returns, becomes a tree of plain tuples whose
+  array leaves are (dtype, shape, offset, strides) in the slot; it rides inside the Result
+  message itself. Arrays ``default_collate`` wrote into the slot, and tensors over them
+  (``default_collate`` called by a user's ``collate_fn`` where torch is in use), are
+  described where they are; arrays elsewhere (a custom ``collate_fn``) are copied in once.
 - **Pickle** (``PICKLE``): anything else goes through pickle protocol 5; out-of-band
   buffers of 64 KiB and more land in the slot, smaller ones travel in-band. Torch tensors
   are pickled as their numpy view and rebuilt with ``torch.from_numpy``.
@@ -32,7 +33,7 @@ __all__ = ["INBAND", "LAYOUT", "PICKLE", "decode", "encode", "tensor_from_numpy"
 LAYOUT, PICKLE, INBAND = 0, 1, 2  # how a Result's payload is encoded
 
 # layout node tags
-_ARRAY, _LIST, _TUPLE, _DICT, _VALUE = range(5)
+_ARRAY, _LIST, _TUPLE, _DICT, _VALUE, _TENSOR = range(6)
 _PLAIN_KINDS = frozenset("biufc")  # dtype kinds a layout may describe (no object/str/void)
 _VALUE_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
 
@@ -50,25 +51,43 @@ def tensor_from_numpy(array: np.ndarray) -> Any:
 # ---------------------------------------------------------------------------- worker
 
 
-def _layout(obj: Any, writer: SlotWriter) -> tuple:
+def _array_node(tag: int, array: np.ndarray, writer: SlotWriter) -> tuple:
+    dtype = array.dtype
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
+        raise _NotPlain
+    offset, strides = writer.locate(array)
+    return (tag, dtype.str, array.shape, offset, strides)
+
+
+def _tensor_node(tensor: Any, writer: SlotWriter) -> tuple:
+    """A plain CPU tensor as the array it views (no copy when it lies in the slot)."""
+    torch = sys.modules["torch"]
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.requires_grad:
+        raise _NotPlain
+    try:
+        array = tensor.numpy()
+    except (TypeError, RuntimeError):  # no numpy dtype (bfloat16), conjugate views...
+        raise _NotPlain from None
+    return _array_node(_TENSOR, array, writer)
+
+
+def _layout(obj: Any, writer: SlotWriter, tensor_type: Any = None) -> tuple:
     t = type(obj)
     if t is np.ndarray:
-        dtype = obj.dtype
-        if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
-            raise _NotPlain
-        offset, strides = writer.locate(obj)
-        return (_ARRAY, dtype.str, obj.shape, offset, strides)
+        return _array_node(_ARRAY, obj, writer)
     if t is list:
-        return (_LIST, [_layout(x, writer) for x in obj])
+        return (_LIST, [_layout(x, writer, tensor_type) for x in obj])
     if t is tuple:
-        return (_TUPLE, [_layout(x, writer) for x in obj])
+        return (_TUPLE, [_layout(x, writer, tensor_type) for x in obj])
     if t is dict:
         keys = list(obj)
         if any(type(k) not in _VALUE_TYPES for k in keys):
             raise _NotPlain
-        return (_DICT, keys, [_layout(obj[k], writer) for k in keys])
+        return (_DICT, keys, [_layout(obj[k], writer, tensor_type) for k in keys])
     if t in _VALUE_TYPES:
         return (_VALUE, obj)
+    if t is tensor_type:
+        return _tensor_node(obj, writer)
     raise _NotPlain
 
 
@@ -116,8 +135,9 @@ def encode(batch: Any, writer: SlotWriter) -> tuple[int, Any, tuple]:
     """(codec, payload, spans) for ``batch``: the layout tree, or pickled bytes whose
     out-of-band buffers are at ``spans`` (offset, nbytes) in the slot."""
     if writer.has_slot:
+        torch = sys.modules.get("torch")
         try:
-            return LAYOUT, _layout(batch, writer), ()
+            return LAYOUT, _layout(batch, writer, torch.Tensor if torch else None), ()
         except _NotPlain:
             pass
         payload, spans = _pickle(batch, writer)
@@ -131,11 +151,13 @@ def encode(batch: Any, writer: SlotWriter) -> tuple[int, Any, tuple]:
 
 def _rebuild(node: tuple, lease: Lease) -> Any:
     tag = node[0]
-    if tag == _ARRAY:
+    if tag == _ARRAY or tag == _TENSOR:
         _, dtype, shape, offset, strides = node
         if lease is None:  # the batch wrote nothing into its slot: only empty arrays
-            return np.empty(shape, dtype)
-        return np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
+            array = np.empty(shape, dtype)
+        else:
+            array = np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
+        return array if tag == _ARRAY else tensor_from_numpy(array)
     if tag == _LIST:
         return [_rebuild(x, lease) for x in node[1]]
     if tag == _TUPLE:

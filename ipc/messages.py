@@ -1,7 +1,8 @@
 """The typed messages between the main process and its workers, and their wire format.
 
 main -> worker k:  Task (with the slots released since the last one), Release, Resume, Stop
-worker k -> main:  Result (+ a payload frame unless it carries a layout), Failure, IterEnd
+worker k -> main:  Result (+ a payload frame unless it carries a layout), Failure, IterEnd,
+                   EmptyBatch; a BatchNote may precede any of them
 
 On the wire a message is the pickled plain tuple ``(kind, *fields)`` in one zmq frame
 (plain tuples pickle about twice as fast as named tuples). A Result carries a plain batch's
@@ -14,8 +15,8 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-__all__ = ["Failure", "IterEnd", "Release", "Result", "Resume", "Stop", "Task",
-           "pack", "unpack"]
+__all__ = ["BatchNote", "EmptyBatch", "Failure", "IterEnd", "Release", "Result", "Resume",
+           "Stop", "Task", "pack", "unpack"]
 
 
 class Task(NamedTuple):
@@ -75,7 +76,26 @@ class IterEnd(NamedTuple):
     worker_id: int
 
 
-_KINDS = (Task, Release, Resume, Stop, Result, Failure, IterEnd)
+class BatchNote(NamedTuple):
+    """What the main process must know about batch ``batch_id`` besides the batch, sent just
+    before its reply: samples left out (``on_error="skip"``: (index, exception type name,
+    message) each) and the replica's position after it (``workers/replica.py``; None unless
+    restarts are on for a Stateful IterableDataset). It counts only once the reply arrives."""
+    epoch: int
+    batch_id: int
+    worker_id: int
+    skipped: tuple
+    state: Any = None
+
+
+class EmptyBatch(NamedTuple):
+    """The reply for a batch whose every sample was skipped (``on_error="skip"``)."""
+    epoch: int
+    batch_id: int
+    worker_id: int
+
+
+_KINDS = (Task, Release, Resume, Stop, Result, Failure, IterEnd, BatchNote, EmptyBatch)
 _CODE = {cls: code for code, cls in enumerate(_KINDS)}
 
 

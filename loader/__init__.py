@@ -3,6 +3,8 @@
 Change ``from torch.utils.data import DataLoader`` to ``from loader import DataLoader``.
 Every public name of ``torch.utils.data`` is here with torch's behaviour; batches are
 numpy arrays, or torch tensors when torch is in use (see ``DataLoader(output=...)``).
+Importing this package never imports torch; where torch is already imported, our classes
+are also subclasses of torch's (``loader/_torch_classes.py``).
 """
 
 from loader.backends import RayBackend
@@ -19,7 +21,7 @@ from loader.dataset import (
     random_split,
 )
 from loader.distributed import DistributedSampler
-from loader.errors import WorkerError
+from loader.errors import StallWarning, WorkerError
 from loader.sampler import (
     BatchSampler,
     RandomSampler,
@@ -45,6 +47,7 @@ __all__ = [
     "Sampler",
     "SequentialSampler",
     "StackDataset",
+    "StallWarning",
     "Subset",
     "SubsetRandomSampler",
     "TensorDataset",
@@ -62,3 +65,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+from loader._torch_classes import adopt_torch_bases as _adopt_torch_bases
+
+_adopt_torch_bases()  # torch imported before us: our classes are torch's too from now on

@@ -13,17 +13,23 @@
 - Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
+- Self-healing (``loader/_healing.py``): a ``next()`` that waits ``stall_warning_s``
+  warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
+  stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
+  batch order, to its replacement; each reply is accepted once, so the epoch is unchanged.
 - Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
-  collection and on any worker death, through the backend's ``shutdown``.
+  collection and on any worker death not healed, through the backend's ``shutdown``.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from loader.errors import DataLoaderTimeoutError, WorkerError, rebuild_exception
-from loader.ipc.messages import Failure, IterEnd, Result
+from loader._healing import Healer, HealingMixin, StallWatch, shown
+from loader.errors import WorkerError, rebuild_exception
+from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
 from loader.iterators import BaseIter
 from loader.workers.backend import WorkerBackend, make_backend
 
@@ -32,6 +38,7 @@ __all__ = ["MultiProcessIter"]
 _SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user holds while
 #                   asking for the next one, and one more, so steady loops never overflow
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
+_EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
 
 class _Pending:
@@ -43,7 +50,7 @@ class _Pending:
         self.worker_id, self.indices, self.data, self.arrived = worker_id, indices, None, False
 
 
-class MultiProcessIter(BaseIter):
+class MultiProcessIter(HealingMixin, BaseIter):
     """``num_workers > 0``: batches fetched and collated by worker processes."""
 
     def __init__(self, loader: Any) -> None:
@@ -57,6 +64,11 @@ class MultiProcessIter(BaseIter):
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
         self._autotune = loader._autotuner
         self._started_processes: list = []
+        self._heal = Healer(loader.worker_restarts, self._iterable)
+        self._watch = StallWatch(loader.stall_warning_s)
+        self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
+        self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
+        self._first_seed = self._base_seed
         self._pool: WorkerBackend | None = None
         kind, engine_args = loader._backend_spec()
         self._pool = make_backend(
@@ -66,7 +78,8 @@ class MultiProcessIter(BaseIter):
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
-            thread_limit=_THREAD_LIMIT)
+            thread_limit=_THREAD_LIMIT, on_error=loader.on_error,
+            track_state=self._heal.tracks_replicas)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork
@@ -103,9 +116,12 @@ class MultiProcessIter(BaseIter):
         self._workers_status = [k not in self._retired for k in range(n)]
         self._workers_num_tasks = [0] * n
         self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
+        self._heal.new_epoch()
+        self._notes.clear()
+        self._skips.clear()
         if not first_iter:
             self._epoch += 1
-            self._base_seed = self._seed_source.seed()
+            self._base_seed = self._seed_source.epoch_seed(self._first_seed, self._epoch)
             for k in range(n):
                 self._pool.new_epoch(k, self._epoch, self._base_seed)
         for _ in range(self._prefetch_factor * n):
@@ -149,31 +165,48 @@ class MultiProcessIter(BaseIter):
         return self._tasks_outstanding, self._buffered
 
     def _get_data(self) -> tuple[Any, Any]:
-        timeout = self._timeout if self._timeout > 0 else None
         pool = self._pool
         blocked = pool.blocked_s
+        deadline = self._deadline()
         try:
-            message, batch = self._pool.receive(timeout)
-            if type(message) is Result:
-                self._recorder.worker_result(message.worker_id, message.timing)
-            return message, batch
-        except TimeoutError:
-            raise DataLoaderTimeoutError(self._timeout_text()) from None
-        except WorkerError:
-            self._shutdown()
-            raise
+            while True:
+                if self._watch.due():
+                    self._warn_stall()
+                try:
+                    message, batch = pool.receive(self._watch.wait_s(deadline))
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._on_timeout()  # raises, or kills the stuck worker to replace it
+                        deadline = self._deadline()
+                    continue
+                except WorkerError as exc:
+                    self._on_death(exc)  # raises, or replaced the worker
+                    deadline = self._deadline()
+                    continue
+                if type(message) is Result:
+                    self._recorder.worker_result(message.worker_id, message.timing)
+                return message, batch
         finally:
             self._waited += pool.blocked_s - blocked
 
+    def _deadline(self) -> float | None:
+        return time.monotonic() + self._timeout if self._timeout > 0 else None
+
+    def _waiting_for(self) -> tuple[int, _Pending] | None:
+        """The oldest batch not yet arrived (the one ``next()`` waits for, in order)."""
+        for batch_id, info in self._task_info.items():
+            if not info.arrived and self._workers_status[info.worker_id]:
+                return batch_id, info
+        return None
+
     def _timeout_text(self) -> str:
         text = f"DataLoader timed out after {self._timeout} seconds"
-        info = self._task_info.get(self._rcvd_idx)
-        if info is None or self._pool is None:
+        waiting = self._waiting_for()
+        if waiting is None or self._pool is None:
             return text
+        batch_id, info = waiting
         worker_id = info.worker_id
-        shown = repr(info.indices)
-        shown = shown if len(shown) <= 200 else shown[:200] + "...]"
-        text += (f"\nWaiting for batch {self._rcvd_idx} (indices {shown}) from worker "
+        text += (f"\nWaiting for batch {batch_id} (indices {shown(info.indices)}) from worker "
                  f"{worker_id} ({self._pool.describe(worker_id)}).")
         stacks = self._pool.stack_dump(worker_id)
         if stacks:
@@ -183,6 +216,14 @@ class MultiProcessIter(BaseIter):
     def _next_data(self) -> Any:
         if self._pool is None:
             raise StopIteration
+        self._watch.begin()
+        while True:
+            data = self._next_outcome()
+            if data is not _EMPTY:
+                return data
+
+    def _next_outcome(self) -> Any:
+        """The next batch in order (``_EMPTY`` for one whose every sample was skipped)."""
         while True:
             while self._rcvd_idx < self._send_idx:
                 info = self._task_info.get(self._rcvd_idx)
@@ -200,19 +241,24 @@ class MultiProcessIter(BaseIter):
                 self._buffered -= 1
                 del self._task_info[self._rcvd_idx]
                 self._rcvd_idx += 1
-                return self._process(info.data, info.worker_id)
+                return self._process(info.data, info.worker_id, self._rcvd_idx - 1)
 
             message, batch = self._get_data()
             if message.epoch != self._epoch:
                 continue  # a result of an abandoned epoch; its slot lease lapses with it
-            self._tasks_outstanding -= 1
             kind = type(message)
+            if kind is BatchNote:
+                self._notes[message.batch_id] = message
+                continue
+            self._tasks_outstanding -= 1
+            if self._notes or self._heal.tracks_replicas:
+                self._take_note(message)
             if kind is IterEnd:
                 self._workers_status[message.worker_id] = False
                 self._task_info.pop(message.batch_id, None)
                 self._try_put_index()
                 continue
-            outcome = batch if kind is Result else message
+            outcome = batch if kind is Result else _EMPTY if kind is EmptyBatch else message
             idx = message.batch_id
             if idx != self._rcvd_idx:
                 if self._in_order:
@@ -221,13 +267,17 @@ class MultiProcessIter(BaseIter):
                     self._buffered += 1
                     continue
                 del self._task_info[idx]
-                return self._process(outcome, message.worker_id)
+                return self._process(outcome, message.worker_id, idx)
             del self._task_info[idx]
             self._rcvd_idx += 1
-            return self._process(outcome, message.worker_id)
+            return self._process(outcome, message.worker_id, idx)
 
-    def _process(self, data: Any, worker_id: int) -> Any:
+    def _process(self, data: Any, worker_id: int, batch_id: int) -> Any:
         self._workers_num_tasks[worker_id] -= 1
+        if self._skips:
+            skipped = self._skips.pop(batch_id, None)
+            if skipped:  # counted as its batch is handed out, so in the order of the batches
+                self._recorder.skip(self._skip_items(worker_id, skipped))
         if worker_id in self._draining and not self._workers_num_tasks[worker_id]:
             self._draining.discard(worker_id)
             self._retired.add(worker_id)

@@ -1,32 +1,39 @@
 """Where randomness comes from: one rule for samplers, splits and worker seeds.
 
 A ``generator`` argument may be ``None``, an ``int`` seed, a ``numpy.random.Generator``
-or a ``torch.Generator``. :func:`as_source` turns any of them into a :class:`SeedSource`,
-which hands out 63-bit seeds and numpy generators:
+or a ``torch.Generator``. :func:`as_source` turns any of them into a :class:`SeedSource`:
 
+- ``torch.Generator``: draws are **torch's own** (``randperm``, ``randint``,
+  ``multinomial`` on that generator; one int64 per base seed), so shuffles, splits and
+  worker seeds are bit-identical to torch's for the same generator state.
+- ``None`` while torch is imported: torch's own draws from torch's global RNG, so
+  ``torch.manual_seed(s)`` gives exactly torch's order.
 - ``int``: a private ``numpy.random.Generator`` seeded once, so successive epochs differ
-  but a run is reproducible from the seed.
-- ``numpy.random.Generator``: used as is; its state advances as torch's generator would.
-- ``torch.Generator``: every draw takes one int64 from it (as torch does for ``base_seed``),
-  so seeding that generator makes every result reproducible.
-- ``None``: every draw takes a seed from the global RNG of torch when torch is imported
-  (so ``torch.manual_seed`` governs it, as in torch), else from numpy's global RNG
-  (so ``np.random.seed`` governs it).
+  but a run is reproducible from the seed. ``numpy.random.Generator``: used as is.
+- ``None`` without torch: seeds from numpy's global RNG (``np.random.seed`` governs it).
 
-Bit-identical shuffles with torch are not a goal; the same statistics and the same
-reproducibility rules are.
+Where torch is in use, torch code that reads ``loader.generator`` (accelerate builds
+torch's DataLoader from it) needs a ``torch.Generator``: :func:`torch_view` shows an int or
+numpy generator as one, and remembers which source it stands for, so a loader rebuilt from
+that attribute keeps drawing from the original stream.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
+import weakref
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SeedSource", "as_source", "draw_seed"]
+__all__ = ["SeedSource", "as_source", "draw_seed", "torch_view"]
 
 _SEED_BOUND = 1 << 63  # seeds are non-negative int64, like torch's ``random_()`` draw
+_SEED_MASK = (1 << 64) - 1  # torch.Generator.manual_seed takes 64 bits
+
+# torch.Generator shown in place of an int / numpy generator -> the source it stands for
+_STAND_INS: "weakref.WeakKeyDictionary[Any, SeedSource]" = weakref.WeakKeyDictionary()
 
 
 def _is_torch_generator(obj: Any) -> bool:
@@ -63,6 +70,16 @@ class SeedSource:
                 f"torch.Generator, but got {type(generator).__name__}"
             )
 
+    @property
+    def follows_torch(self) -> bool:
+        """Whether draws are torch's own: a torch.Generator, or none while torch is in use."""
+        return self._kind == "torch" or (self._kind == "global" and "torch" in sys.modules)
+
+    @property
+    def torch_generator(self) -> Any:
+        """The torch.Generator torch's draws use (None: torch's global RNG)."""
+        return self._torch_gen
+
     def seed(self) -> int:
         """Draw one non-negative 63-bit seed, advancing the underlying generator."""
         if self._kind == "numpy":
@@ -71,6 +88,18 @@ class SeedSource:
             torch = sys.modules["torch"]
             return int(torch.empty((), dtype=torch.int64).random_(generator=self._torch_gen).item())
         return _draw_global_seed()
+
+    def epoch_seed(self, first: int, epoch: int) -> int:
+        """The base seed of epoch ``epoch`` of a persistent pool whose first was ``first``.
+
+        torch's DataLoader draws a persistent pool's base seed once; a source that follows
+        torch must not draw more, or the next epoch's shuffle would differ from torch's.
+        Its later seeds are derived instead (still new every epoch). Other sources draw.
+        """
+        if not self.follows_torch:
+            return self.seed()
+        words = np.random.SeedSequence([first, epoch]).generate_state(2, np.uint64)
+        return int(words[0]) % _SEED_BOUND
 
     def numpy(self) -> np.random.Generator:
         """A numpy generator for one pass (one ``__iter__`` of a sampler, one split).
@@ -84,10 +113,33 @@ class SeedSource:
 
 
 def as_source(generator: Any) -> SeedSource:
-    """Normalise a ``generator`` argument; a :class:`SeedSource` passes through unchanged."""
+    """Normalise a ``generator`` argument; a :class:`SeedSource` passes through unchanged,
+    and so does the source a :func:`torch_view` stand-in was made for."""
     if isinstance(generator, SeedSource):
         return generator
+    if _is_torch_generator(generator):
+        stood_for = _STAND_INS.get(generator)
+        if stood_for is not None:
+            return stood_for
     return SeedSource(generator)
+
+
+def torch_view(generator: Any, source: SeedSource) -> Any:
+    """``generator`` as torch code expects to read it: ``None`` and torch generators as
+    they are; an int or numpy generator as a ``torch.Generator`` seeded from it (an int
+    from itself, a numpy generator from a copy, which leaves the original untouched) that
+    stands for ``source``. Without torch, ``generator`` unchanged."""
+    torch = sys.modules.get("torch")
+    if torch is None or generator is None or _is_torch_generator(generator):
+        return generator
+    if isinstance(generator, np.random.Generator):
+        seed = int(copy.deepcopy(generator).integers(0, _SEED_BOUND, dtype=np.int64))
+    else:
+        seed = int(generator) & _SEED_MASK
+    stand_in = torch.Generator()
+    stand_in.manual_seed(seed)
+    _STAND_INS[stand_in] = source
+    return stand_in
 
 
 def draw_seed(generator: Any = None) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 from loader.stats import run_queue_s
 
-__all__ = ["AutoTuner", "initial_workers"]
+__all__ = ["AutoTuner", "AutoWorkers", "initial_workers"]
 
 _MAX_STEPS = 3  # resizes before settling for good
 _HEADROOM = 1.15  # workers beyond the modelled need, for jitter
@@ -50,6 +50,15 @@ def _cores() -> int:
 
 def initial_workers() -> int:
     return max(1, min(_cores(), 4))
+
+
+class AutoWorkers(int):
+    """``loader.num_workers`` under ``num_workers="auto"``: the current count, as an int
+    that remembers it is tuned. Frameworks rebuild a DataLoader from its attributes
+    (Lightning passes ``num_workers=loader.num_workers``; accelerate hands it to torch's
+    DataLoader, which sees a plain count): a rebuilt loader keeps tuning, from this count."""
+
+    __slots__ = ()
 
 
 class AutoTuner:

@@ -1,11 +1,21 @@
-"""``default_collate`` and ``default_convert``: torch's element rules, numpy results.
+"""``default_collate`` and ``default_convert``: torch's element rules, torch's results
+where torch is in use, numpy results elsewhere.
 
 The rules are torch's (``torch.utils.data._utils.collate``): int -> int64, float ->
 float64, bool -> bool, numpy scalars and arrays keep their dtype, str/bytes batches come
 back unchanged, mappings / namedtuples / sequences keep or lose their container type as
-torch does. Where torch returns a ``torch.Tensor`` these return a ``numpy.ndarray``; when
-the samples hold torch tensors, they return torch tensors. (The DataLoader turns arrays
-into tensors when torch output is in force: see ``loader/_output.py``.)
+torch does. The arrays are built with numpy (:func:`collate_arrays`,
+:func:`convert_arrays`); where torch is in use the public functions hand them out as
+tensors over the same memory, as torch's own would return:
+
+- called directly (a user's ``collate_fn`` that calls ``default_collate`` and then
+  ``.float()``), torch is in use when it is imported;
+- inside a DataLoader's ``collate_fn`` call, in the main process or a worker, it is that
+  loader's decision (torch imported when the loader was built: the ``output="auto"``
+  rule), carried by :func:`for_loader` into workers that have not imported torch yet.
+
+The DataLoader's own default collation runs the array versions and converts afterwards
+(``loader/_output.py``), so workers never import torch for it.
 
 Every array a collate function creates comes from :func:`allocate`, which is
 ``numpy.empty`` in the main process and a bump allocator over a shared-memory slot inside
@@ -21,6 +31,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import sys
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -28,12 +39,15 @@ import numpy as np
 __all__ = [
     "allocate",
     "collate",
+    "collate_arrays",
+    "convert_arrays",
     "collate_numpy_array_fn",
     "collate_numpy_scalar_fn",
     "default_collate",
     "default_collate_err_msg_format",
     "default_collate_fn_map",
     "default_convert",
+    "for_loader",
     "use_allocator",
 ]
 
@@ -209,25 +223,37 @@ def collate(batch, *, collate_fn_map: dict | None = None):
     raise TypeError(default_collate_err_msg_format.format(elem_type))
 
 
-def default_collate(batch):
-    """Collate a list of samples into a batch: torch's rules, numpy arrays out.
+def collate_arrays(batch):
+    """:func:`default_collate` with numpy arrays out, whether torch is in use or not.
 
-    >>> default_collate([(0, 1.5), (1, 2.5)])
+    >>> collate_arrays([(0, 1.5), (1, 2.5)])
     [array([0, 1]), array([1.5, 2.5])]
     """
     _register_torch()
     return collate(batch, collate_fn_map=default_collate_fn_map)
 
 
+def default_collate(batch):
+    """Collate a list of samples into a batch: torch's rules; tensors where torch is in
+    use (see the module docstring), numpy arrays otherwise."""
+    out = collate_arrays(batch)
+    return _as_tensors(out) if _tensors_wanted() else out
+
+
 # ---------------------------------------------------------------------------- convert
 
 
 def default_convert(data):
-    """Convert one sample without batching (the ``batch_size=None`` path), as torch does.
+    """Convert one sample without batching (the ``batch_size=None`` path), as torch does:
+    tensors where torch is in use (see the module docstring), numpy arrays otherwise."""
+    out = convert_arrays(data)
+    return _as_tensors(out) if _tensors_wanted() else out
 
-    numpy scalars become 0-d arrays, arrays stay (string/object arrays untouched),
-    containers follow the collate rules, everything else comes back unchanged.
-    """
+
+def convert_arrays(data):
+    """:func:`default_convert` with numpy arrays out: numpy scalars become 0-d arrays,
+    arrays stay (string/object arrays untouched), containers follow the collate rules,
+    everything else comes back unchanged."""
     elem_type = type(data)
     if isinstance(data, np.ndarray):
         if type(data) is not np.ndarray and data.dtype.char not in _STRING_OR_OBJECT_KINDS:
@@ -236,14 +262,63 @@ def default_convert(data):
     if isinstance(data, (np.bool_, np.number)):
         return np.asarray(data)
     if isinstance(data, collections.abc.Mapping):
-        return _rebuild_mapping(data, {key: default_convert(data[key]) for key in data})
+        return _rebuild_mapping(data, {key: convert_arrays(data[key]) for key in data})
     if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return elem_type(*(default_convert(d) for d in data))
+        return elem_type(*(convert_arrays(d) for d in data))
     if isinstance(data, tuple):
-        return [default_convert(d) for d in data]
+        return [convert_arrays(d) for d in data]
     if isinstance(data, collections.abc.Sequence) and not isinstance(data, (str, bytes)):
-        return _rebuild_sequence(data, [default_convert(d) for d in data])
+        return _rebuild_sequence(data, [convert_arrays(d) for d in data])
     return data
+
+
+# ---------------------------------------------------------------------------- torch rule
+
+_loader_rule = threading.local()  # .tensors during a DataLoader's collate_fn call (per
+#                                   thread: loaders may collate in several): whether that
+#                                   loader's torch is in use; unset: decide by sys.modules
+
+
+def _tensors_wanted() -> bool:
+    rule = getattr(_loader_rule, "tensors", None)
+    return "torch" in sys.modules if rule is None else rule
+
+
+def _as_tensors(batch):
+    """``batch`` with its numpy arrays as tensors over the same memory (a slot's too)."""
+    import torch  # noqa: F401  (a worker may not have it yet: someone uses torch's names)
+    from loader._output import to_torch
+    return to_torch(batch)
+
+
+class LoaderCollate:
+    """A user's ``collate_fn`` run under its DataLoader's torch decision (picklable, so
+    the decision reaches spawned workers with the function)."""
+
+    __slots__ = ("collate_fn", "tensors")
+
+    def __init__(self, collate_fn: Callable, tensors: bool) -> None:
+        self.collate_fn, self.tensors = collate_fn, tensors
+
+    def __call__(self, batch):
+        rule = _loader_rule
+        previous = getattr(rule, "tensors", None)
+        rule.tensors = self.tensors
+        try:
+            return self.collate_fn(batch)
+        finally:
+            rule.tensors = previous
+
+
+def for_loader(collate_fn: Callable, torch_in_use: bool) -> Callable:
+    """What a DataLoader's fetcher calls for ``collate_fn``: the array versions of the
+    defaults (the loader converts their arrays itself), a user's function under
+    :class:`LoaderCollate`."""
+    if collate_fn is default_collate:
+        return collate_arrays
+    if collate_fn is default_convert:
+        return convert_arrays
+    return LoaderCollate(collate_fn, torch_in_use)
 
 
 # ---------------------------------------------------------------------------- containers

@@ -9,6 +9,7 @@ returns a :class:`~loader.iterators.SingleProcessIter` or, with workers, a
 from __future__ import annotations
 
 import math
+import numbers
 import multiprocessing as std_multiprocessing
 import os
 import warnings
@@ -17,14 +18,16 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 import multiprocess
 
 from loader import _output
-from loader._random import as_source
-from loader.autotune import AutoTuner, initial_workers
+from loader._random import as_source, torch_view
+from loader._torch_classes import TorchNamesake, adopt_torch_bases
+from loader.autotune import AutoTuner, AutoWorkers, initial_workers
 from loader.backends import resolve_backend
 from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
 from loader.sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
 from loader.stats import LoaderStats, Recorder
+from loader.workers.fetch import ON_ERROR
 
 __all__ = ["DataLoader"]
 
@@ -57,15 +60,47 @@ def _as_context(ctx: Any) -> Any:
     return multiprocess.get_context(ctx.get_start_method())
 
 
-class DataLoader(Generic[T_co]):
+def _check_healing(stall_warning_s: Any, worker_restarts: Any, on_error: Any,
+                   num_workers: int) -> None:
+    """Validate the self-healing arguments (ours; torch has none of them)."""
+    if isinstance(stall_warning_s, bool) or not isinstance(stall_warning_s, numbers.Real) \
+            or not 0 <= stall_warning_s < math.inf:
+        raise ValueError(
+            "stall_warning_s option should be a finite, non-negative number of seconds (0 "
+            f"turns the stall warning off), but got stall_warning_s={stall_warning_s!r}")
+    if isinstance(worker_restarts, bool) or not isinstance(worker_restarts, numbers.Integral) \
+            or worker_restarts < 0:
+        raise ValueError(
+            "worker_restarts option should be a non-negative integer (restarts allowed per "
+            f"epoch; 0 keeps torch's behaviour), but got worker_restarts={worker_restarts!r}")
+    if worker_restarts and num_workers == 0:
+        raise ValueError("worker_restarts option needs num_workers > 0")
+    if on_error not in ON_ERROR:
+        raise ValueError(
+            f"on_error option should be one of {ON_ERROR!r}, but got on_error={on_error!r}")
+
+
+class DataLoader(TorchNamesake, Generic[T_co]):
     """Combines a dataset and a sampler and iterates over batches, like torch's DataLoader.
 
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
     Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
     ``num_workers="auto"``, which sizes the pool from measurements
-    (``loader/autotune.py``), and ``worker_backend`` ("local", "ray" or a
-    :class:`~loader.backends.RayBackend`; see ``loader/backends.py``), which runs the
-    workers as Ray actors on a cluster.
+    (``loader/autotune.py``), and self-healing (``loader/_healing.py``):
+    ``stall_warning_s`` (warn with the stuck worker's stacks when a batch is that late; 0:
+    off), ``worker_restarts`` (replace up to that many dead or stuck workers per epoch) and
+    ``on_error="skip"`` (leave out samples whose fetch raises; ``stats().skipped``); and
+    ``worker_backend`` ("local", "ray" or a :class:`~loader.backends.RayBackend`; None: the
+    ``LOADER_WORKER_BACKEND`` environment variable, else "local"; ``loader/backends.py``),
+    which runs the workers as Ray actors on a cluster.
+
+    Built while torch is imported, it is also a ``torch.utils.data.DataLoader``
+    (``loader/_torch_classes.py``). Frameworks rebuild loaders from their attributes and
+    ``__init__`` signature, so every argument is kept as the attribute of the same name
+    (``shuffle`` aside, as in torch), in a form torch code can read: ``generator`` a
+    ``torch.Generator`` (an int or numpy one is shown as a stand-in that a rebuilt loader
+    maps back to the original stream), ``multiprocessing_context`` a standard-library
+    context, ``num_workers`` an int (:class:`~loader.autotune.AutoWorkers` under "auto").
     """
 
     __initialized = False
@@ -91,11 +126,14 @@ class DataLoader(Generic[T_co]):
         pin_memory_device: str = "",
         in_order: bool = True,
         output: str | None = "auto",
+        stall_warning_s: float = 60,
+        worker_restarts: int = 0,
+        on_error: str = "raise",
         worker_backend: Any = None,
     ) -> None:
-        autotune = num_workers == "auto"
+        autotune = num_workers == "auto" or isinstance(num_workers, AutoWorkers)
         if autotune:
-            num_workers = initial_workers()
+            num_workers = AutoWorkers(initial_workers() if num_workers == "auto" else num_workers)
         if num_workers < 0:
             raise ValueError(
                 "num_workers option should be non-negative; "
@@ -115,7 +153,8 @@ class DataLoader(Generic[T_co]):
             raise ValueError("prefetch_factor option should be non-negative")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
-        self.worker_backend, self._ray_options = resolve_backend(
+        _check_healing(stall_warning_s, worker_restarts, on_error, num_workers)
+        self._backend_kind, self._ray_options = resolve_backend(
             worker_backend, "auto" if autotune else num_workers, multiprocessing_context)
 
         self.dataset = dataset
@@ -127,6 +166,10 @@ class DataLoader(Generic[T_co]):
         self.worker_init_fn = worker_init_fn
         self.multiprocessing_context = multiprocessing_context
         self.in_order = in_order
+        self.stall_warning_s = stall_warning_s
+        self.worker_restarts = worker_restarts
+        self.on_error = on_error
+        self.worker_backend = worker_backend  # as given: a rebuilt loader resolves it again
 
         self._dataset_kind_iterable = is_iterable_dataset(dataset)
         if self._dataset_kind_iterable:
@@ -164,13 +207,17 @@ class DataLoader(Generic[T_co]):
                 "with drop_last"
             )
 
+        self._output_mode = _output.resolve_output(output)  # may import torch ("torch")
+        self._torch_in_use = adopt_torch_bases()  # torch imported: torch's classes too
         self._seed_source = as_source(generator)
+        if self._torch_in_use:
+            generator = torch_view(generator, self._seed_source)
         if sampler is None:
             if self._dataset_kind_iterable:
                 sampler = _InfiniteConstantSampler()
             elif shuffle:
-                sampler = RandomSampler(dataset, generator=self._seed_source)
-                sampler.generator = generator  # shares our seed stream; shows the user's object
+                sampler = RandomSampler(dataset, generator=generator)
+                sampler._seed_from(generator, self._seed_source)  # one stream for both
             else:
                 sampler = SequentialSampler(dataset)
         if batch_size is not None and batch_sampler is None:
@@ -186,7 +233,6 @@ class DataLoader(Generic[T_co]):
         self.collate_fn = collate_fn
         self.persistent_workers = persistent_workers
         self.output = output
-        self._output_mode = _output.resolve_output(output)
 
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None
@@ -204,6 +250,9 @@ class DataLoader(Generic[T_co]):
 
     @multiprocessing_context.setter
     def multiprocessing_context(self, ctx: Any) -> None:
+        """Kept as a standard-library context, as torch keeps it (torch code rebuilding a
+        loader from this attribute accepts no other); workers start through the
+        ``multiprocess`` context of the same start method either way."""
         if ctx is not None:
             if self.num_workers > 0:
                 if isinstance(ctx, str):
@@ -213,7 +262,7 @@ class DataLoader(Generic[T_co]):
                             "multiprocessing_context option should specify a valid start "
                             f"method in {valid!r}, but got multiprocessing_context={ctx!r}"
                         )
-                    ctx = multiprocess.get_context(ctx)
+                    ctx = std_multiprocessing.get_context(ctx)
                 if not isinstance(ctx, (std_multiprocessing.context.BaseContext,
                                         multiprocess.context.BaseContext)):
                     raise TypeError(
@@ -221,6 +270,8 @@ class DataLoader(Generic[T_co]):
                         "string specifying the start method, but got "
                         f"multiprocessing_context={ctx}"
                     )
+                if isinstance(ctx, multiprocess.context.BaseContext):
+                    ctx = std_multiprocessing.get_context(ctx.get_start_method())
             else:
                 raise ValueError(
                     "multiprocessing_context can only be used with multi-process loading "
@@ -235,7 +286,7 @@ class DataLoader(Generic[T_co]):
 
     def _backend_spec(self) -> tuple[str, dict]:
         """The worker engine and its own arguments, for ``make_backend``."""
-        if self.worker_backend == "ray":
+        if self._backend_kind == "ray":
             return "ray", {"options": self._ray_options, "owner": self}
         return "local", {"context": self._worker_context()}
 
@@ -258,7 +309,7 @@ class DataLoader(Generic[T_co]):
 
     def _get_iterator(self) -> BaseIter:
         if self._autotuner is not None:
-            self.num_workers = self._autotuner.current  # what the last epoch settled on
+            self.num_workers = AutoWorkers(self._autotuner.current)  # what the last epoch chose
         if self.num_workers == 0:
             return SingleProcessIter(self)
         self.check_worker_number_rationality()
@@ -285,7 +336,7 @@ class DataLoader(Generic[T_co]):
 
     def check_worker_number_rationality(self) -> None:
         """Warn, as torch does, when more workers are asked for than there are CPUs."""
-        if not self.num_workers or self.worker_backend == "ray":
+        if not self.num_workers or self._backend_kind == "ray":
             return  # Ray actors use the cluster's CPUs, not this machine's
         suggest = _cpu_count()
         if suggest is not None and self.num_workers <= suggest:
@@ -316,6 +367,6 @@ class DataLoader(Generic[T_co]):
         iterator, self._iterator = self._iterator, None
         if iterator is not None and hasattr(iterator, "close"):
             iterator.close()
-        if self.worker_backend == "ray":
+        if self._backend_kind == "ray":
             from loader.workers import ray_session  # imports no Ray
             ray_session.leave(self)

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from ._random import as_source
+from ._torch_classes import TorchNamesake
 
 __all__ = [
     "ChainDataset",
@@ -38,7 +39,7 @@ _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
 
 
-class Dataset(Generic[_T_co]):
+class Dataset(TorchNamesake, Generic[_T_co]):
     """A map from keys (usually ``0 .. len - 1``) to samples.
 
     Subclasses implement ``__getitem__`` and usually ``__len__``; they may add
@@ -258,14 +259,19 @@ def random_split(
     ``lengths`` are counts, or fractions summing to 1: each split then gets
     ``floor(fraction * len(dataset))`` and the remainder is dealt out one at a time,
     round-robin from the first split. ``generator`` follows the rules of
-    :mod:`loader._random`; ``None`` draws from the global RNG (torch's when imported).
+    :mod:`loader._random`: a ``torch.Generator``, or none while torch is imported, gives
+    exactly torch's splits; an int or numpy generator a numpy permutation.
     """
     n = len(dataset)
     if math.isclose(sum(lengths), 1) and sum(lengths) <= 1:
         lengths = _lengths_from_fractions(lengths, n)
     if sum(lengths) != n:
         raise ValueError("Sum of input lengths does not equal the length of the input dataset!")
-    order = as_source(generator).numpy().permutation(n).tolist()
+    source = as_source(generator)
+    if source.follows_torch:  # torch's own draw: the same splits as torch's random_split
+        order = sys.modules["torch"].randperm(n, generator=source.torch_generator).tolist()
+    else:
+        order = source.numpy().permutation(n).tolist()
     ends = itertools.accumulate(lengths)
     return [Subset(dataset, order[end - length : end]) for end, length in zip(ends, lengths)]
 

@@ -3,9 +3,12 @@
 All replicas compute the same (optionally shuffled) order of ``0 .. N - 1``, make it
 evenly divisible (padding by repeating from the start, or dropping the tail with
 ``drop_last``) and keep every ``num_replicas``-th index starting at ``rank``, exactly as
-torch does. The shuffle is ``np.random.default_rng(seed + epoch).permutation(N)``, so it
-is identical on every replica without communication, and changes only through
-:meth:`DistributedSampler.set_epoch`.
+torch does. The shuffle is a function of ``seed + epoch`` only, so it is identical on every
+replica without communication and changes only through :meth:`DistributedSampler.set_epoch`.
+Where torch is imported it is torch's own (``torch.randperm`` on a generator seeded with
+``seed + epoch``), so ranks running torch's DistributedSampler and ranks running this one
+agree on the order; without torch it is ``np.random.default_rng(seed + epoch).permutation``
+(no rank of such a job can be running torch's).
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ def _initialized_process_group():
     if dist.is_available() and dist.is_initialized():
         return dist
     return None
+
+
+def _permutation(n: int, seed: int) -> list[int]:
+    """The shuffled order of one epoch: torch's where torch is in use, else numpy's."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return np.random.default_rng(seed).permutation(n).tolist()
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.randperm(n, generator=generator).tolist()
 
 
 def _from_environment(variable: str) -> int:
@@ -87,7 +100,7 @@ class DistributedSampler(Sampler[_T_co]):
     def __iter__(self) -> Iterator[_T_co]:
         n = len(self.dataset)
         if self.shuffle:
-            indices = np.random.default_rng(self.seed + self.epoch).permutation(n).tolist()
+            indices = _permutation(n, self.seed + self.epoch)
         else:
             indices = list(range(n))
         if self.drop_last:

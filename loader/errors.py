@@ -4,6 +4,7 @@
 - :func:`rebuild_exception`: an exception raised by user code in a worker, rebuilt in the
   main process with its own type, "Caught ValueError in DataLoader worker process 2", the
   failing batch's indices and the worker's traceback.
+- :class:`StallWarning`: a worker is alive but no batch came for ``stall_warning_s``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import pickle
 import signal
 
-__all__ = ["DataLoaderTimeoutError", "KeyErrorMessage", "WorkerError", "describe_exit",
-           "rebuild_exception"]
+__all__ = ["DataLoaderTimeoutError", "KeyErrorMessage", "StallWarning", "WorkerError",
+           "describe_exit", "exit_reason", "rebuild_exception"]
 
 _MAX_INDEX_TEXT = 200  # characters of the failing batch's indices shown in a message
 
@@ -28,6 +29,13 @@ class WorkerError(RuntimeError):
 
 class DataLoaderTimeoutError(RuntimeError):
     """No batch arrived within ``timeout`` seconds."""
+
+
+class StallWarning(RuntimeWarning):
+    """No batch arrived for ``stall_warning_s`` seconds although work is outstanding; the
+    message names the worker, its pid, the batch, its indices and the worker's stacks.
+    A warning, so the loader keeps waiting; ``warnings.simplefilter("error", StallWarning)``
+    makes it an exception raised from ``next()``."""
 
 
 class KeyErrorMessage(str):
@@ -64,6 +72,19 @@ def describe_exit(worker_id: int, pid: int, exitcode: int) -> str:
                 f"(worker {worker_id}) Details are lost due to multiprocessing. Rerunning with "
                 "num_workers=0 may give better error trace.")
     return text.rstrip()
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a process ended, in a few words: "killed by SIGSEGV (Segmentation fault)"."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode)
+            return f"killed by {sig.name} ({signal.strsignal(sig) or sig.name})"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
 
 
 def rebuild_exception(exc_type_bytes: bytes | None, type_name: str, worker_id: int,

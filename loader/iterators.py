@@ -3,7 +3,8 @@
 ``iter(loader)`` returns a :class:`SingleProcessIter` (``num_workers=0``) or a
 ``MultiProcessIter`` (``loader/_multiprocess.py``). Both draw ``base_seed`` first and the
 sampler's seed second, count what they yield for the IterableDataset over-length warning,
-and hand the batch through the same output step (torch tensors, pinning).
+and hand the batch through the same output step (torch tensors, pinning). With
+``on_error="skip"`` both list skipped samples in ``stats()`` and warn once per epoch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from loader import _output
 from loader._random import as_source
-from loader.workers.fetch import make_fetcher
+from loader.collate import for_loader
+from loader.workers.fetch import BatchSkipped, make_fetcher
 
 __all__ = ["BaseIter", "SingleProcessIter"]
 
@@ -31,7 +33,7 @@ class BaseIter:
         self._index_sampler = loader._index_sampler
         self._num_workers = loader.num_workers
         self._timeout = loader.timeout
-        self._collate_fn = loader.collate_fn
+        self._collate_fn = for_loader(loader.collate_fn, loader._torch_in_use)
         self._seed_source = as_source(loader._seed_source)
         self._output = loader._output_mode
         if loader.pin_memory and loader.pin_memory_device:
@@ -48,6 +50,8 @@ class BaseIter:
         self._num_yielded = 0
         self._recorder = loader._recorder
         self._waited = 0.0  # seconds this next() spent blocked on workers
+        self._on_error = loader.on_error
+        self._skips_told = False  # the epoch's skip warning was given
 
     def __iter__(self) -> "BaseIter":
         return self
@@ -56,6 +60,7 @@ class BaseIter:
         self._sampler_iter = iter(self._index_sampler)
         self._num_yielded = 0
         self._len_called = loader._IterableDataset_len_called
+        self._skips_told = False
 
     def _queue_depths(self) -> tuple[int, int]:
         """(tasks in flight, batches waiting in the reorder buffer), for stats."""
@@ -71,10 +76,32 @@ class BaseIter:
     def _next_data(self) -> Any:
         raise NotImplementedError
 
+    def _skip_items(self, worker_id: int, items: Any) -> list:
+        """Skipped samples as stats lists them: an IterableDataset's index is (worker id,
+        position in that worker's replica)."""
+        if self._iterable:
+            return [((worker_id, index), kind, text) for index, kind, text in items]
+        return list(items)
+
+    def _tell_skips(self) -> None:
+        """At the end of an epoch: one warning with the count of skipped samples."""
+        skipped = self._recorder.epoch.skips
+        if skipped and not self._skips_told:
+            self._skips_told = True
+            warnings.warn(
+                f"DataLoader skipped {skipped} sample{'s' if skipped != 1 else ''} in epoch "
+                f"{self._recorder.epochs - 1} whose fetch raised (on_error='skip'); "
+                "stats().skipped lists each as (index, exception type, message).",
+                RuntimeWarning, stacklevel=3)
+
     def __next__(self) -> Any:
         entered = self._recorder.entered()
         self._waited = 0.0
-        data = self._next_data()
+        try:
+            data = self._next_data()
+        except StopIteration:
+            self._tell_skips()
+            raise
         self._recorder.left(entered, self._waited, *self._queue_depths())
         self._num_yielded += 1
         if self._iterable and self._len_called is not None and self._num_yielded > self._len_called:
@@ -114,11 +141,24 @@ class SingleProcessIter(BaseIter):
         if self._timeout != 0:
             raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
         self._fetcher = make_fetcher(self._iterable, self._dataset, self._auto_collation,
-                                     self._collate_fn, self._drop_last)
+                                     self._collate_fn, self._drop_last, self._on_error)
         self._recorder.start_epoch(0, [])
 
     def _next_data(self) -> Any:
-        index = self._next_index()
-        data = self._fetcher.fetch(index)
-        self._recorder.main_fetch(self._fetcher.count)
-        return data
+        fetcher = self._fetcher
+        while True:
+            index = self._next_index()
+            try:
+                data = fetcher.fetch(index)
+            except BatchSkipped as exc:  # every sample raised: on to the next batch
+                self._recorder.skip(self._skip_items(0, exc.skipped))
+                continue
+            except StopIteration:
+                if fetcher.skipped:  # an iterable replica that ended after some bad samples
+                    self._recorder.skip(self._skip_items(0, fetcher.skipped))
+                    fetcher.skipped = []
+                raise
+            if fetcher.skipped:
+                self._recorder.skip(self._skip_items(0, fetcher.skipped))
+            self._recorder.main_fetch(fetcher.count)
+            return data

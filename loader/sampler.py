@@ -1,11 +1,16 @@
 """Samplers: which indices a loader fetches, and in what order.
 
-The ``torch.utils.data.sampler`` API with numpy doing the drawing. Every random sampler
-keeps the user's ``generator`` object as ``self.generator`` and draws through
-:func:`loader._random.as_source`: each ``__iter__`` takes one numpy generator for the
-pass, lazily on the first ``next()`` as torch does. So an unseeded sampler gives a new
-order every epoch, ``torch.manual_seed`` (or ``np.random.seed`` without torch) makes it
-reproducible, and a seeded sampler repeats across runs while still changing per epoch.
+The ``torch.utils.data.sampler`` API. Every random sampler keeps the user's ``generator``
+object as ``self.generator``, reads it when a pass starts (lazily, on the first ``next()``,
+as torch does; so a generator set afterwards, as accelerate does, is the one used) and
+draws through :func:`loader._random.as_source`:
+
+- a ``torch.Generator``, or none while torch is imported: torch's own draws, in torch's
+  order (``randperm`` per pass; ``randint`` in chunks of 32 with replacement;
+  ``multinomial``), so the indices are bit-identical to torch's samplers';
+- an int seed or a numpy generator (or none without torch): numpy draws, one numpy
+  generator per pass; a seeded sampler repeats across runs while changing per epoch.
+
 All samplers yield Python ints.
 """
 
@@ -17,7 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ._random import as_source
+from ._random import SeedSource, as_source
+from ._torch_classes import TorchNamesake
 
 __all__ = [
     "BatchSampler",
@@ -32,9 +38,11 @@ _T_co = TypeVar("_T_co", covariant=True)
 
 _DRAW_CHUNK = 1024  # indices drawn per numpy call with replacement: amortises the call
 # overhead while bounding the draws wasted when a pass is abandoned early
+_TORCH_CHUNK = 32  # torch's RandomSampler draws with replacement 32 at a time; the same
+#                    chunks are what make the same generator give the same indices
 
 
-class Sampler(Generic[_T_co]):
+class Sampler(TorchNamesake, Generic[_T_co]):
     """Base class: subclasses implement ``__iter__`` and, when they can, ``__len__``.
 
     There is deliberately no default ``__len__`` (``len()`` then raises ``TypeError``),
@@ -43,6 +51,46 @@ class Sampler(Generic[_T_co]):
 
     def __iter__(self) -> Iterator[_T_co]:
         raise NotImplementedError
+
+
+class _Seeded:
+    """The source of a random sampler's draws, re-derived whenever ``generator`` changes."""
+
+    generator: Any
+
+    def _seed_from(self, generator: Any, source: SeedSource | None = None) -> None:
+        self.generator = generator
+        self._origin = generator
+        self._source = as_source(generator) if source is None else source
+
+    def _pass_source(self) -> SeedSource:
+        if self.generator is not self._origin:  # replaced since (accelerate does this)
+            self._seed_from(self.generator)
+        return self._source
+
+
+def _torch_module() -> Any:
+    import torch  # only reached when the source follows torch: torch is loaded
+    return torch
+
+
+def _torch_random_indices(n: int, total: int, replacement: bool, generator: Any):
+    """torch's RandomSampler draws, call for call; ``generator`` None: a fresh one seeded
+    from torch's global RNG, as torch does."""
+    torch = _torch_module()
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+    if replacement:
+        for _ in range(total // _TORCH_CHUNK):
+            yield from torch.randint(high=n, size=(_TORCH_CHUNK,), dtype=torch.int64,
+                                     generator=generator).tolist()
+        yield from torch.randint(high=n, size=(total % _TORCH_CHUNK,), dtype=torch.int64,
+                                 generator=generator).tolist()
+        return
+    for _ in range(total // n):
+        yield from torch.randperm(n, generator=generator).tolist()
+    yield from torch.randperm(n, generator=generator).tolist()[: total % n]  # drawn even if empty
 
 
 class SequentialSampler(Sampler[int]):
@@ -60,7 +108,7 @@ class SequentialSampler(Sampler[int]):
         return len(self.data_source)
 
 
-class RandomSampler(Sampler[int]):
+class RandomSampler(_Seeded, Sampler[int]):
     """Random indices into ``data_source``.
 
     Without replacement it yields ``num_samples // n`` full permutations and then the
@@ -81,8 +129,7 @@ class RandomSampler(Sampler[int]):
         self.data_source = data_source
         self.replacement = replacement
         self._num_samples = num_samples
-        self.generator = generator
-        self._source = as_source(generator)
+        self._seed_from(generator)
         if not isinstance(replacement, bool):
             raise TypeError(
                 f"replacement should be a boolean value, but got replacement={replacement}"
@@ -103,7 +150,11 @@ class RandomSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         n = len(self.data_source)
         total = self.num_samples
-        rng = self._source.numpy()
+        source = self._pass_source()
+        if source.follows_torch:
+            yield from _torch_random_indices(n, total, self.replacement, source.torch_generator)
+            return
+        rng = source.numpy()
         if self.replacement:
             for start in range(0, total, _DRAW_CHUNK):
                 yield from rng.integers(0, n, size=min(_DRAW_CHUNK, total - start)).tolist()
@@ -117,18 +168,22 @@ class RandomSampler(Sampler[int]):
         return self.num_samples
 
 
-class SubsetRandomSampler(Sampler[int]):
+class SubsetRandomSampler(_Seeded, Sampler[int]):
     """The elements of ``indices`` in a random order, each once per pass."""
 
     indices: Sequence[int]
 
     def __init__(self, indices: Sequence[int], generator: Any = None) -> None:
         self.indices = indices
-        self.generator = generator
-        self._source = as_source(generator)
+        self._seed_from(generator)
 
     def __iter__(self) -> Iterator[int]:
-        order = self._source.numpy().permutation(len(self.indices))
+        source = self._pass_source()
+        if source.follows_torch:
+            order = _torch_module().randperm(len(self.indices), generator=source.torch_generator)
+            order = order.numpy()
+        else:
+            order = source.numpy().permutation(len(self.indices))
         if isinstance(self.indices, np.ndarray):
             yield from self.indices[order].tolist()
         else:
@@ -139,12 +194,14 @@ class SubsetRandomSampler(Sampler[int]):
         return len(self.indices)
 
 
-class WeightedRandomSampler(Sampler[int]):
+class WeightedRandomSampler(_Seeded, Sampler[int]):
     """``num_samples`` indices into ``weights``, index ``i`` with probability ∝ ``weights[i]``.
 
-    Weights are checked when a pass starts, as torch's ``multinomial`` does. Without
-    replacement a pass cannot draw more indices than there are nonzero weights; torch
-    then fills up with zero-weight indices while they last, this raises ``RuntimeError``.
+    Weights are checked when a pass starts, with torch's ``multinomial`` messages. With
+    torch's draws (a torch generator, or none while torch is in use) the pass is torch's
+    ``multinomial`` itself, so without replacement it fills up with zero-weight indices
+    when too few weights are nonzero, as torch does. With numpy's draws (an int or numpy
+    generator) such a pass raises ``RuntimeError`` instead: numpy cannot draw them.
     """
 
     weights: np.ndarray
@@ -175,14 +232,20 @@ class WeightedRandomSampler(Sampler[int]):
         self.weights = weights_array
         self.num_samples = num_samples
         self.replacement = replacement
-        self.generator = generator
-        self._source = as_source(generator)
+        self._seed_from(generator)
 
     def __iter__(self) -> Iterator[int]:
-        p = _probabilities(np.asarray(self.weights, dtype=np.float64))
+        source = self._pass_source()
+        weights = np.asarray(self.weights, dtype=np.float64)
+        p = _probabilities(weights)  # torch's messages (and a clear one for no weights)
+        if source.follows_torch:
+            yield from _torch_module().multinomial(
+                _torch_module().as_tensor(weights), self.num_samples, self.replacement,
+                generator=source.torch_generator).tolist()
+            return
         if not self.replacement:
             _check_enough_weights(p, self.num_samples)
-        rng = self._source.numpy()
+        rng = source.numpy()
         draws = rng.choice(len(p), size=self.num_samples, replace=self.replacement, p=p)
         yield from draws.tolist()
 

@@ -11,6 +11,8 @@
   the main process's time waiting for data, its own overhead, the consumer's time between
   ``next()`` calls, per-worker busy time split into fetch / collate / encode (transfer),
   queue depths, CPU% and RSS per worker, and a one-line ``summary`` of the limiter.
+- Self-healing counts (``loader/_healing.py``): worker restarts, stall warnings, and the
+  samples ``on_error="skip"`` left out, each as (index, exception type name, message).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = ["EpochStats", "LoaderStats", "Recorder", "WorkerStats", "run_queue_s"
 
 _CONSUMER_BOUND = 0.10  # main waits less than this share of a batch's cycle: consumer-bound
 _BUSY = 0.80  # workers busier than this share of the time are the limiter
+_TOTAL_SKIPPED_KEPT = 10_000  # skipped samples listed in the all-epochs figures (the count
+#                               stays exact): a bad dataset would otherwise grow it forever
 
 
 @dataclass
@@ -67,6 +71,10 @@ class EpochStats:
     depth_sum: int = 0  # outstanding tasks summed over next() calls, for the mean
     buffered_sum: int = 0  # reorder-buffer entries summed over next() calls
     workers: list[WorkerStats] = field(default_factory=list)
+    restarts: int = 0  # dead or stuck workers replaced (worker_restarts)
+    stalls: int = 0  # StallWarnings given (stall_warning_s)
+    skips: int = 0  # samples left out (on_error="skip")
+    skipped: list = field(default_factory=list)  # (index, exception type name, message)
 
     @property
     def samples_per_s(self) -> float:
@@ -128,10 +136,32 @@ class LoaderStats:
     autotune: dict[str, Any] | None = None  # what num_workers="auto" chose and why
 
     @property
+    def skipped(self) -> list:
+        """This epoch's skipped samples: (index, exception type name, message) each."""
+        return self.epoch.skipped
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced this epoch."""
+        return self.epoch.restarts
+
+    @property
+    def stalls(self) -> int:
+        """Stall warnings given this epoch."""
+        return self.epoch.stalls
+
+    @property
     def summary(self) -> str:
         e = self.epoch
-        return (f"{e.samples_per_s:,.0f} samples/s over {e.batches} batches with "
+        text = (f"{e.samples_per_s:,.0f} samples/s over {e.batches} batches with "
                 f"{self.num_workers} workers; limited by the {self.limiter}: {self.reason}")
+        healing = [f"{n} {one if n == 1 else many}" for n, one, many in (
+            (e.restarts, "worker restart", "worker restarts"),
+            (e.stalls, "stall warning", "stall warnings"),
+            (e.skips, "sample skipped", "samples skipped")) if n]
+        if healing:
+            text += "; this epoch: " + ", ".join(healing)
+        return text
 
     def __str__(self) -> str:
         return self.summary
@@ -148,8 +178,10 @@ class Recorder:
         self._left_next: float | None = None
         self.pids: list[int | None] = []
         self.autotune: dict[str, Any] | None = None
+        self.epochs = 0  # epochs started
 
     def start_epoch(self, num_workers: int, pids: list) -> None:
+        self.epochs += 1
         self.epoch = EpochStats(workers=[WorkerStats() for _ in range(num_workers)])
         while len(self.total.workers) < num_workers:
             self.total.workers.append(WorkerStats())
@@ -197,6 +229,23 @@ class Recorder:
         self.epoch.samples += timing[0]
         self.total.samples += timing[0]
 
+    def skip(self, items: list) -> None:
+        """Samples left out of their batch: (index, exception type name, message) each."""
+        self.epoch.skips += len(items)
+        self.total.skips += len(items)
+        self.epoch.skipped.extend(items)
+        room = _TOTAL_SKIPPED_KEPT - len(self.total.skipped)
+        if room > 0:
+            self.total.skipped.extend(items[:room])
+
+    def restarted(self) -> None:
+        self.epoch.restarts += 1
+        self.total.restarts += 1
+
+    def stalled(self) -> None:
+        self.epoch.stalls += 1
+        self.total.stalls += 1
+
     def main_fetch(self, samples: int) -> None:
         """num_workers=0: the main process fetched and collated ``samples``."""
         self.epoch.samples += samples
@@ -217,7 +266,7 @@ class Recorder:
 
 def _copy(period: EpochStats) -> EpochStats:
     workers = [WorkerStats(**vars(w)) for w in period.workers]
-    return EpochStats(**{**vars(period), "workers": workers})
+    return EpochStats(**{**vars(period), "workers": workers, "skipped": list(period.skipped)})
 
 
 def _live(period: EpochStats, pids: list) -> None:

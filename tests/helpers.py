@@ -65,6 +65,19 @@ def frozen_heap():
     gc.unfreeze()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def start_method_servers():
+    """The resource tracker and the fork server are process-wide helpers that
+    multiprocess starts on first use and keeps for the life of the interpreter; start
+    them before the per-test leak check so they are not mistaken for leaked workers.
+    A module that imports it gets it (module scope, autouse)."""
+    import multiprocess.forkserver
+    import multiprocess.resource_tracker
+    multiprocess.resource_tracker.ensure_running()
+    multiprocess.forkserver.ensure_running()
+    yield
+
+
 # ---------------------------------------------------------------- comparison helpers
 
 
@@ -150,3 +163,58 @@ def wait_gone(pids, within=EXIT_WITHIN_S):
             return True
         time.sleep(0.05)
     return False
+
+
+def shm_held_by_others(names: set[str], ours: set[int]) -> set[str]:
+    """Those of ``names`` that a process outside ``ours`` (pids) has open or mapped: made
+    by someone else on the machine (another test run, a benchmark), not leaked by us."""
+    paths = {f"/dev/shm/{n}": n for n in names}
+    held: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in ours:
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for path, name in paths.items():
+            if path in maps or path in fds:
+                held.add(name)
+    return held
+
+
+# ---------------------------------------------------------------- torch-free datasets
+# Spawned workers import these by name from this (torch-free) module, so whether a worker
+# imports torch depends only on what the dataset and the loader do.
+
+
+class TorchProbe(Sized):
+    """Each sample says whether torch is imported in the process that fetched it."""
+
+    def __getitem__(self, i):
+        import sys
+        return {"i": i, "torch": "torch" in sys.modules}
+
+
+class LateTorch(Sized):
+    """A dataset whose library imports torch only when it first reads (as HF datasets or
+    webdataset may): what torch's get_worker_info() then says, beside ours."""
+
+    def __getitem__(self, i):
+        import torch.utils.data  # the worker's first import of torch, under spawn
+        from loader import get_worker_info
+        theirs, ours = torch.utils.data.get_worker_info(), get_worker_info()
+        return {"i": i, "epoch": ours.epoch,
+                "theirs": (theirs.id, theirs.num_workers, str(theirs.seed)),
+                "ours": (ours.id, ours.num_workers, str(ours.seed)),
+                "same_dataset": theirs.dataset is ours.dataset,
+                "torch_seed": str(torch.initial_seed())}
+
+
+def float_collate(batch):
+    """A user's collate_fn in torch style: default_collate, then a tensor method."""
+    from loader import default_collate
+    x, i = default_collate(batch)
+    return x.float(), i

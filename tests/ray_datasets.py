@@ -138,6 +138,24 @@ class Pids:
         return i, os.getpid()
 
 
+class TorchInfo:
+    """Each sample asks ``torch.utils.data.get_worker_info()``, importing torch only here
+    (as a library that shards by worker would), so the worker meets torch late."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        import torch.utils.data as tud
+        info = tud.get_worker_info()
+        ours = get_worker_info()
+        return (i, info.id, info.num_workers, info.seed, ours.seed,
+                info.dataset is ours.dataset)
+
+
 class ExitAt:
     """The worker that fetches index ``at`` exits at once (``os._exit``)."""
 

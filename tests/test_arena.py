@@ -42,7 +42,7 @@ def roundtrip(arena, writer, batch_fn, slot=0):
 def test_default_collate_batch_is_a_layout_of_views_on_the_slot(pair):
     arena, writer, released = pair
     samples = [(np.full((3, 4), i, np.float32), i, f"s{i}") for i in range(5)]
-    kind, out = roundtrip(arena, writer, lambda: collate.default_collate(samples))
+    kind, out = roundtrip(arena, writer, lambda: collate.collate_arrays(samples))
     assert kind == codec.LAYOUT
     x, y, s = out
     assert x.shape == (5, 3, 4) and x.dtype == np.float32 and x[4, 0, 0] == 4
@@ -50,6 +50,33 @@ def test_default_collate_batch_is_a_layout_of_views_on_the_slot(pair):
     assert list(s) == [f"s{i}" for i in range(5)]  # torch keeps the zip's tuple here
     assert x.flags.writeable
     assert not released
+
+
+def test_tensors_over_the_slot_travel_as_a_layout_of_views(pair):
+    """default_collate called by a user's collate_fn where torch is in use: tensors over
+    the slot's memory. They must not be copied or pickled: the same layout, rebuilt as
+    tensors over the lease; a tensor made elsewhere (.float()) is copied in once."""
+    import torch
+    arena, writer, released = pair
+    samples = [(np.full((3, 4), i, np.float32), i) for i in range(5)]
+    seen = {}
+
+    def collate_fn():
+        x, y = collate.default_collate(samples)
+        seen["x"], seen["slot"] = x.data_ptr(), writer.offset_of(x.data_ptr(), x.nbytes)
+        return {"x": x, "y": y, "z": y.float()}
+
+    kind, out = roundtrip(arena, writer, collate_fn)
+    assert seen["slot"] is not None, "default_collate should write into the slot"
+    assert kind == codec.LAYOUT
+    assert all(type(v) is torch.Tensor for v in out.values())
+    assert out["x"].shape == (5, 3, 4) and out["x"].dtype == torch.float32
+    assert torch.equal(out["z"], torch.arange(5, dtype=torch.float32))
+    mapped = np.frombuffer(arena._maps[0], np.uint8).__array_interface__["data"][0]
+    assert out["x"].data_ptr() - mapped == seen["slot"], "a view on the main's mapping"
+    del out
+    gc.collect()
+    assert list(released) == [(0, 0)]
 
 
 def test_slot_released_only_when_every_array_is_gone(pair):
@@ -147,5 +174,5 @@ def test_torch_tensors_travel_through_the_slot(pair):
     arena, writer, _ = pair
     samples = [torch.full((200, 300), float(i)) for i in range(4)]
     kind, out = roundtrip(arena, writer, lambda: collate.default_collate(samples))
-    assert kind == codec.PICKLE  # the 960 kB storage went out-of-band, into the slot
+    assert kind == codec.LAYOUT  # stacked into the slot, described where it lies
     assert isinstance(out, torch.Tensor) and out.shape == (4, 200, 300) and out[3, 0, 0] == 3

@@ -1,6 +1,8 @@
 """default_collate, default_convert and the collate map: torch's element and container
-rules, checked against ``torch.utils.data`` itself, with numpy arrays where torch builds
-tensors (and tensors where the samples hold tensors)."""
+rules, checked against ``torch.utils.data`` itself. The numpy face (``collate_arrays``,
+``convert_arrays``: numpy arrays where torch builds tensors, tensors where the samples hold
+tensors) is checked case by case; the public functions, with torch in use as here, must
+give exactly torch's tensors for the same cases."""
 
 import collections
 import types
@@ -12,7 +14,14 @@ import torch.utils.data as tud
 from torch.utils.data._utils import collate as torch_collate
 
 import loader
-from loader.collate import collate, default_collate, default_collate_fn_map, default_convert
+from loader.collate import (
+    collate,
+    collate_arrays,
+    convert_arrays,
+    default_collate,
+    default_collate_fn_map,
+    default_convert,
+)
 
 from helpers import CustomDict, CustomList, Opaque, Point, assert_same, raised
 
@@ -109,20 +118,48 @@ def failures(cases, check):
     return failed
 
 
-def test_default_collate_matches_torch():
+def test_collate_arrays_matches_torch():
     """Same values, dtypes and containers as torch; arrays unless the samples hold tensors."""
     def check(name, factory):
         arrays = "torch" if name.startswith("tensor") else "numpy"
-        assert_same(default_collate(factory()), tud.default_collate(factory()), arrays,
+        assert_same(collate_arrays(factory()), tud.default_collate(factory()), arrays,
                     exact_tensor_type=False)
 
     assert failures(COLLATE_CASES, check) == {}
 
 
+def test_default_collate_is_torchs_where_torch_is_in_use():
+    """Called directly with torch imported (as here): exactly torch's result, tensors
+    (of type torch.Tensor) where torch makes them, for every case of the table."""
+    def check(name, factory):
+        assert_same(default_collate(factory()), tud.default_collate(factory()), "torch")
+
+    assert failures(COLLATE_CASES, check) == {}
+
+
+def test_default_convert_is_torchs_where_torch_is_in_use():
+    def check(name, factory):
+        assert_same(default_convert(factory()), tud.default_convert(factory()), "torch")
+
+    assert failures(CONVERT_CASES, check) == {}
+
+
+def test_a_users_collate_fn_can_call_float_on_default_collate():
+    """The pattern that broke: a collate_fn that post-processes default_collate's tensors."""
+    def collate_fn(batch):
+        x, y = default_collate(batch)
+        return x.float() / 255, y
+
+    batch = [(np.full(3, i, np.uint8), i) for i in range(4)]
+    x, y = collate_fn(batch)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(x, tud.default_collate(batch)[0].float() / 255)
+
+
 def test_tensor_and_number_fields_collate_each_their_own_way():
     """A tensor field stacks into a tensor, an int field beside it into an array."""
     batch = [(torch.ones(2) * i, i) for i in range(3)]
-    ours, theirs = default_collate(batch), tud.default_collate(batch)
+    ours, theirs = collate_arrays(batch), tud.default_collate(batch)
     assert type(ours) is list
     assert_same(ours[0], theirs[0], "torch", exact_tensor_type=False)
     assert_same(ours[1], theirs[1], "numpy", exact_tensor_type=False)
@@ -130,19 +167,19 @@ def test_tensor_and_number_fields_collate_each_their_own_way():
 
 def test_default_collate_dtype():
     """torch's test_default_collate_dtype: int -> int64, float -> float64, bool -> bool."""
-    collated = default_collate([1, 2, -1])
+    collated = collate_arrays([1, 2, -1])
     assert collated.dtype == np.int64 and collated.tolist() == [1, 2, -1]
-    collated = default_collate([1.1, 2.3, -0.9])
+    collated = collate_arrays([1.1, 2.3, -0.9])
     assert collated.dtype == np.float64 and collated.tolist() == [1.1, 2.3, -0.9]
-    collated = default_collate([True, False])
+    collated = collate_arrays([True, False])
     assert collated.dtype == np.bool_ and collated.tolist() == [True, False]
     arr = ["a", "b", "c"]
-    assert default_collate(arr) is arr  # strings are passed through as the same list
+    assert collate_arrays(arr) is arr  # strings are passed through as the same list
 
 
 def test_numpy_scalars_keep_their_dtype():
     for dtype in NUMPY_SCALAR_TYPES:
-        batch = default_collate([dtype(1), dtype(0)])
+        batch = collate_arrays([dtype(1), dtype(0)])
         assert type(batch) is np.ndarray and batch.shape == (2,)
         assert batch.dtype == np.dtype(dtype), dtype
 
@@ -150,7 +187,7 @@ def test_numpy_scalars_keep_their_dtype():
 def test_numpy_arrays_stack_along_a_new_first_axis():
     """torch's test_numpy: (2, 3, 4) float64 samples -> a (12, 2, 3, 4) float64 batch."""
     samples = [np.ones((2, 3, 4)) * i for i in range(12)]
-    batch = default_collate(samples)
+    batch = collate_arrays(samples)
     assert type(batch) is np.ndarray and batch.dtype == np.float64
     assert batch.shape == (12, 2, 3, 4)
     assert all((batch[i] == i).all() for i in range(12))
@@ -159,46 +196,46 @@ def test_numpy_arrays_stack_along_a_new_first_axis():
 
 
 def test_default_collate_mapping_keep_type():
-    collated = default_collate([CustomDict(), CustomDict()])
+    collated = collate_arrays([CustomDict(), CustomDict()])
     assert type(collated) is CustomDict and collated == CustomDict()
-    collated = default_collate([collections.defaultdict(int, a=1)] * 2)
+    collated = collate_arrays([collections.defaultdict(int, a=1)] * 2)
     assert type(collated) is collections.defaultdict and collated.default_factory is int
 
 
 def test_default_collate_sequence_keep_type():
-    collated = default_collate([CustomList([1, 2, 3]), CustomList([4, 5, 6])])
+    collated = collate_arrays([CustomList([1, 2, 3]), CustomList([4, 5, 6])])
     assert type(collated) is CustomList
     assert [c.tolist() for c in collated] == [[1, 4], [2, 5], [3, 6]]
 
 
 def test_default_collate_sequence_dont_keep_type():
-    collated = default_collate([range(2), range(2)])
+    collated = collate_arrays([range(2), range(2)])
     assert type(collated) is list and [c.tolist() for c in collated] == [[0, 0], [1, 1]]
 
 
 def test_tuples_become_lists_but_their_str_fields_stay_tuples():
     """torch's quirk, kept: a tuple sample becomes a list, and a str (or bytes) field of a
     tuple, list or namedtuple comes back as the tuple zip() built."""
-    collated = default_collate([("a", 1), ("b", 2)])
+    collated = collate_arrays([("a", 1), ("b", 2)])
     assert type(collated) is list and collated[0] == ("a", "b")
-    collated = default_collate([Point(1, "a"), Point(2, "b")])
+    collated = collate_arrays([Point(1, "a"), Point(2, "b")])
     assert type(collated) is Point and collated.y == ("a", "b")
-    collated = default_collate([{"s": "a"}, {"s": "b"}])
+    collated = collate_arrays([{"s": "a"}, {"s": "b"}])
     assert collated["s"] == ["a", "b"]  # a mapping's field is a list
 
 
 def test_mixed_number_types_follow_torch_promotion():
     """Ints with floats give torch's default float32, not numpy's float64, and an integer
     array stacked with a float32 one gives float32; nothing is truncated."""
-    collated = default_collate([1, 2.5])
+    collated = collate_arrays([1, 2.5])
     assert collated.dtype == np.float32 and collated.tolist() == [1.0, 2.5]
-    collated = default_collate([np.arange(2), np.array([0.5, 1.5], np.float32)])
+    collated = collate_arrays([np.arange(2), np.array([0.5, 1.5], np.float32)])
     assert collated.dtype == np.float32 and collated.tolist() == [[0, 1], [0.5, 1.5]]
 
 
 def test_default_collate_bad_numpy_types():
     arr = np.array(["a", "b", "c"])
-    assert default_collate(arr) is arr  # a str array as the batch itself: a no-op
+    assert collate_arrays(arr) is arr  # a str array as the batch itself: a no-op
     for bad in (np.array([[["a", "b", "c"]]]), np.array([object(), object(), object()]),
                 np.array([[[object(), object(), object()]]], dtype=object)):
         assert raised(default_collate, bad) == raised(tud.default_collate, bad)
@@ -213,7 +250,7 @@ def test_default_collate_numpy_memmap(tmp_path):
     writer.flush()
     del writer
     reader = np.memmap(path, dtype=arr.dtype, mode="r", shape=arr.shape)
-    batch = default_collate(list(reader))
+    batch = collate_arrays(list(reader))
     assert type(batch) is np.ndarray and batch.tolist() == arr.tolist()
     del reader
 
@@ -259,7 +296,7 @@ def test_collate_error_names_the_type():
 
 def test_default_collate_in_main_process_uses_plain_memory():
     """Outside a worker no allocator is installed: batches are ordinary, writable arrays."""
-    batch = default_collate([np.zeros(3), np.ones(3)])
+    batch = collate_arrays([np.zeros(3), np.ones(3)])
     assert batch.flags.writeable and batch.flags.owndata and batch.base is None
 
 
@@ -271,14 +308,14 @@ def test_dtypes_torch_cannot_hold_are_collated_by_numpy():
     days = [np.array(["2020-01-01"], dtype="datetime64[D]")] * 2
     with pytest.raises(TypeError):
         tud.default_collate(days)
-    batch = default_collate(days)
+    batch = collate_arrays(days)
     assert batch.dtype == np.dtype("datetime64[D]") and batch.shape == (2, 1)
 
 
 def test_uint64_scalars_collate():
     """torch.as_tensor cannot take a list of numpy uint64 scalars (TypeError); numpy can."""
     assert raised(tud.default_collate, [np.uint64(1), np.uint64(2)])[0] is TypeError
-    batch = default_collate([np.uint64(1), np.uint64(2**64 - 1)])
+    batch = collate_arrays([np.uint64(1), np.uint64(2**64 - 1)])
     assert batch.dtype == np.uint64 and batch.tolist() == [1, 2**64 - 1]
 
 
@@ -321,10 +358,10 @@ CONVERT_CASES = {
 }
 
 
-def test_default_convert_matches_torch():
+def test_convert_arrays_matches_torch():
     def check(name, factory):
         arrays = "torch" if name == "tensor" else "numpy"
-        assert_same(default_convert(factory()), tud.default_convert(factory()), arrays,
+        assert_same(convert_arrays(factory()), tud.default_convert(factory()), arrays,
                     exact_tensor_type=False)
 
     assert failures(CONVERT_CASES, check) == {}
@@ -332,28 +369,28 @@ def test_default_convert_matches_torch():
 
 def test_default_convert_passes_things_through():
     for data in (np.array(["a", "b"]), np.array([None], dtype=object), torch.ones(2), "s", 7):
-        assert default_convert(data) is data
+        assert convert_arrays(data) is data
         assert tud.default_convert(data) is data
 
 
 def test_default_convert_keeps_and_drops_container_types():
     data = CustomDict({"a": 1, "b": 2})
-    assert type(default_convert(data)) is CustomDict and default_convert(data) == data
+    assert type(convert_arrays(data)) is CustomDict and convert_arrays(data) == data
     data = CustomList([1, 2, 3])
-    assert type(default_convert(data)) is CustomList and default_convert(data) == data
-    assert default_convert(range(2)) == [0, 1] and type(default_convert(range(2))) is list
-    assert default_convert((1, 2)) == [1, 2]
+    assert type(convert_arrays(data)) is CustomList and convert_arrays(data) == data
+    assert convert_arrays(range(2)) == [0, 1] and type(convert_arrays(range(2))) is list
+    assert convert_arrays((1, 2)) == [1, 2]
 
 
 def test_default_convert_numpy_scalars_become_0d_arrays():
-    converted = default_convert(np.float32(1.5))
+    converted = convert_arrays(np.float32(1.5))
     assert type(converted) is np.ndarray and converted.shape == () and converted.dtype == np.float32
 
 
 def test_default_convert_memmap_becomes_a_plain_array(tmp_path):
     mm = np.memmap(tmp_path / "m.bin", dtype=np.float32, mode="w+", shape=(3,))
     mm[:] = [1, 2, 3]
-    converted = default_convert(mm)
+    converted = convert_arrays(mm)
     assert type(converted) is np.ndarray and converted.tolist() == [1, 2, 3]
     assert torch.equal(torch.from_numpy(converted), tud.default_convert(mm))
     del mm, converted
@@ -364,7 +401,7 @@ def test_default_convert_leaves_dtypes_torch_cannot_hold():
     for data in (np.datetime64("2020-01-01"), np.array(["2020-01-01"], dtype="datetime64[D]")):
         with pytest.raises(TypeError):
             tud.default_convert(data)
-        assert default_convert(data) is data
+        assert convert_arrays(data) is data
 
 
 # --- the collate map: torch's extension point -------------------------------------------
@@ -393,20 +430,20 @@ def test_extending_default_collate_fn_map(monkeypatch):
     monkeypatch.setitem(torch_collate.default_collate_fn_map, Opaque, collate_opaque)
     for batch in ([Opaque(1), Opaque(2)], [SubOpaque(1), SubOpaque(2)],
                   [{"o": Opaque(1), "n": 1}, {"o": Opaque(2), "n": 2}]):
-        assert_same(default_collate(batch), tud.default_collate(batch), "numpy",
+        assert_same(collate_arrays(batch), tud.default_collate(batch), "numpy",
                     exact_tensor_type=False)
-    assert default_collate([Opaque(1), Opaque(2)]) == ("opaque", [1, 2], True)
+    assert collate_arrays([Opaque(1), Opaque(2)]) == ("opaque", [1, 2], True)
 
 
 def test_overriding_a_default_entry(monkeypatch):
     monkeypatch.setitem(default_collate_fn_map, int, lambda batch, *, collate_fn_map: sum(batch))
-    assert default_collate([[1, 2], [3, 4]]) == [4, 6]
+    assert collate_arrays([[1, 2], [3, 4]]) == [4, 6]
 
 
 def test_unregistered_type_still_fails_after_the_map_is_restored():
     assert Opaque not in default_collate_fn_map
     with pytest.raises(TypeError, match="found <class '.*Opaque'>"):
-        default_collate([Opaque(1)])
+        collate_arrays([Opaque(1)])
 
 
 def test_collate_with_a_custom_map():

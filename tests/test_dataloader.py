@@ -1119,12 +1119,26 @@ def test_shuffle_reproducibility(kind):
     assert all(sorted(e) == list(range(50)) for e in first + other)
 
 
-def test_generator_object_is_kept_and_shared_with_the_sampler():
+def test_generator_object_is_shared_with_the_sampler_and_readable_by_torch():
+    """A torch generator is kept as it is. Where torch is in use (as here) an int or numpy
+    generator is shown as a torch.Generator (torch code reads ``generator``: accelerate
+    builds torch's DataLoader from it), standing for the original stream: a loader rebuilt
+    from the attribute continues that stream, as a rebuilt torch loader continues a shared
+    torch generator. Without torch the object is kept (test_import_without_torch...)."""
     for kind, make in GENERATORS.items():
         g = make(1)
         dl = DataLoader(CountingDataset(5), shuffle=True, generator=g)
-        assert dl.generator is g and dl.sampler.generator is g, kind
+        assert dl.sampler.generator is dl.generator, kind
         assert type(dl.sampler) is loader.RandomSampler
+        assert isinstance(dl.generator, torch.Generator), kind
+        if kind == "torch":
+            assert dl.generator is g
+            continue
+        expected = epochs(DataLoader(CountingDataset(20), shuffle=True, generator=make(1)), 4)
+        first = DataLoader(CountingDataset(20), shuffle=True, generator=make(1))
+        seen = epochs(first, 2)
+        rebuilt = DataLoader(CountingDataset(20), shuffle=True, generator=first.generator)
+        assert seen + epochs(rebuilt, 2) == expected, kind
 
 
 def test_torch_generator_is_advanced_like_torch():

@@ -378,6 +378,43 @@ def test_restart_replaces_a_dead_actor_with_the_same_worker(ray_cluster):
         it.close()
 
 
+def test_worker_restarts_replace_a_killed_actor_and_the_epoch_is_whole(ray_cluster,
+                                                                       tmp_path):
+    gate = str(tmp_path / "gate")  # worker 1 waits on batch 3 until the gate opens
+    dl = DataLoader(rd.Pids(24, gate=gate, gate_at=6), batch_size=2, num_workers=2,
+                    output="numpy", worker_backend="ray", worker_restarts=1)
+    it = iter(dl)
+    try:
+        batches = [next(it)]
+        victim = it._pool.processes[1].pid
+        os.kill(victim, signal.SIGKILL)
+        open(gate, "w").close()  # the replacement must not wait
+        batches += list(it)
+    finally:
+        it.close()
+    assert [b[0].tolist() for b in batches] == [[i, i + 1] for i in range(0, 24, 2)]
+    pids = [set(b[1].tolist()) for b in batches]
+    assert pids[1] == {victim} and victim not in pids[3]  # batch 3 came from its successor
+    assert dl.stats().restarts == 1
+
+
+def test_on_error_skip_leaves_out_bad_samples_as_locally(ray_cluster):
+    local, remote = pair(rd.FailAt(12, {4, 9}), batch_size=3, num_workers=2,
+                         on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the end-of-epoch count of skipped samples
+        assert epochs(remote) == epochs(local)
+    assert [s[0] for s in remote.stats().skipped] == [4, 9]
+
+
+def test_torch_get_worker_info_in_actors(ray_cluster):
+    dl = DataLoader(rd.TorchInfo(6), batch_size=None, num_workers=2, output="numpy",
+                    worker_backend="ray", generator=4)
+    got = [tree(s) for s in dl]
+    assert [s[1] for s in got] == [0, 1] * 3 and {s[2] for s in got} == {2}
+    assert all(s[3] == s[4] and s[5] is True for s in got)  # torch's seed is ours
+
+
 # ---------------------------------------------------------------- shutdown
 
 

@@ -55,11 +55,13 @@ def last_json(proc: subprocess.CompletedProcess) -> dict:
 
 def test_worker_backend_argument_rules():
     data = list(range(8))
-    assert DataLoader(data).worker_backend == "local"
-    assert DataLoader(data, num_workers=2, worker_backend="ray").worker_backend == "ray"
+    assert DataLoader(data)._backend_kind == "local"
+    dl = DataLoader(data, num_workers=2, worker_backend="ray")
+    assert dl._backend_kind == "ray" and dl.worker_backend == "ray"
     options = RayBackend(remote_args={"resources": {"cpu_node": 1}})
     dl = DataLoader(data, num_workers=2, worker_backend=options)
-    assert dl.worker_backend == "ray" and dl._ray_options is options
+    assert dl._backend_kind == "ray" and dl._ray_options is options
+    assert dl.worker_backend is options  # kept as given, so a rebuilt loader is the same
     assert options.actor_options() == {"num_cpus": 1, "resources": {"cpu_node": 1}}
     with pytest.raises(ValueError, match="needs num_workers > 0"):
         DataLoader(data, worker_backend="ray")
@@ -77,11 +79,11 @@ def test_worker_backend_argument_rules():
 def test_environment_variable_picks_ray_where_it_applies(monkeypatch):
     data = list(range(8))
     monkeypatch.setenv(ENV_VAR, "ray")
-    assert DataLoader(data, num_workers=2).worker_backend == "ray"
-    assert DataLoader(data).worker_backend == "local"  # num_workers=0: the main process
+    assert DataLoader(data, num_workers=2)._backend_kind == "ray"
+    assert DataLoader(data)._backend_kind == "local"  # num_workers=0: the main process
     assert DataLoader(data, num_workers=2,
-                      multiprocessing_context="spawn").worker_backend == "local"
-    assert DataLoader(data, num_workers=2, worker_backend="local").worker_backend == "local"
+                      multiprocessing_context="spawn")._backend_kind == "local"
+    assert DataLoader(data, num_workers=2, worker_backend="local")._backend_kind == "local"
     monkeypatch.setenv(ENV_VAR, "rayy")
     with pytest.raises(ValueError, match=f"{ENV_VAR} should be one of"):
         DataLoader(data, num_workers=2)

@@ -261,9 +261,15 @@ def test_weighted_sampler_rejects_empty_weights_on_iteration():
 
 
 def test_weighted_sampler_without_replacement_needs_enough_nonzero_weights():
-    sampler = WeightedRandomSampler([1.0, 0.0, 0.0], 2, replacement=False)
+    """numpy draws cannot fill up with zero-weight indices: an error; torch's draws (no
+    generator while torch is in use) are torch's multinomial, which fills up."""
+    sampler = WeightedRandomSampler([1.0, 0.0, 0.0], 2, replacement=False, generator=0)
     with pytest.raises(RuntimeError, match="only 1 of the 3 weights are nonzero"):
         list(sampler)
+    torch.manual_seed(3)
+    ours = list(WeightedRandomSampler([1.0, 0.0, 0.0], 2, replacement=False))
+    torch.manual_seed(3)
+    assert ours == list(tud.WeightedRandomSampler([1.0, 0.0, 0.0], 2, replacement=False))
 
 
 def test_weighted_sampler_follows_the_weights():

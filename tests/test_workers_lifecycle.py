@@ -247,21 +247,31 @@ def test_reseeded_every_epoch_and_reproducible(persistent):
         assert len(set(per_epoch)) == epochs, f"{stream} repeats across epochs"
 
 
-def test_shuffle_order_does_not_depend_on_workers():
+@pytest.mark.parametrize("module", ["loader", "torch"])
+def test_shuffle_order_does_not_depend_on_workers(module):
     """With one generator seed, every epoch's shuffle is the same at 0 workers, 2 workers
-    and 2 persistent workers (base_seed is drawn before the sampler's seed in each)."""
+    and 2 persistent workers (base_seed is drawn before the sampler's seed in each), for
+    an int seed, and torch's own order for a torch generator (torch draws a persistent
+    pool's base seed once, so its persistent epochs differ from its non-persistent ones)."""
 
-    def orders(**kwargs):
-        dl = DataLoader(np.arange(20), batch_size=4, shuffle=True, output="numpy",
-                        generator=torch.Generator().manual_seed(3), **kwargs)
-        result = [np.concatenate(list(dl)).tolist() for _ in range(3)]
-        dl.close()
+    def orders(loader_cls, generator, **kwargs):
+        dl = loader_cls(np.arange(20), batch_size=4, shuffle=True, generator=generator,
+                        **kwargs)
+        result = [[int(x) for batch in dl for x in batch] for _ in range(3)]
+        if hasattr(dl, "close"):
+            dl.close()
         return result
 
-    zero = orders()
-    assert len({tuple(epoch) for epoch in zero}) == 3
-    assert orders(num_workers=2) == zero
-    assert orders(num_workers=2, persistent_workers=True) == zero
+    if module == "loader":
+        zero = orders(DataLoader, 3)
+        assert len({tuple(epoch) for epoch in zero}) == 3
+        assert orders(DataLoader, 3, num_workers=2) == zero
+        assert orders(DataLoader, 3, num_workers=2, persistent_workers=True) == zero
+        return
+    for kwargs in ({}, {"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}):
+        ours = orders(DataLoader, torch.Generator().manual_seed(3), **kwargs)
+        theirs = orders(tud.DataLoader, torch.Generator().manual_seed(3), **kwargs)
+        assert ours == theirs, kwargs
 
 
 def test_int_generator_is_reproducible():

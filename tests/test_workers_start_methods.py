@@ -14,30 +14,18 @@ import sqlite3
 import threading
 
 import multiprocess
-import multiprocess.forkserver
-import multiprocess.resource_tracker
 import numpy as np
 import psutil
 import pytest
 
 from loader import DataLoader, IterableDataset, get_worker_info
 
-from helpers import Sized, frozen_heap  # noqa: F401 (frozen_heap: autouse fixture)
+from helpers import Sized, frozen_heap, start_method_servers  # noqa: F401 (autouse fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 METHODS = ["fork", "spawn", "forkserver"]
 SLOW_METHODS = ["spawn", "forkserver"]
 MODULE_DB = sqlite3.connect(":memory:")  # unpicklable; each spawned worker imports its own
-
-
-@pytest.fixture(scope="module", autouse=True)
-def start_method_servers():
-    """The resource tracker and the fork server are process-wide helpers that
-    multiprocess starts on first use and keeps for the life of the interpreter; start
-    them before the per-test leak check so they are not mistaken for leaked workers."""
-    multiprocess.resource_tracker.ensure_running()
-    multiprocess.forkserver.ensure_running()
-    yield
 
 
 def torch_loader(*args, **kwargs):

@@ -15,6 +15,12 @@
   views where it can), notices a dead worker promptly (``receive`` raises
   :class:`loader.errors.WorkerError` naming it) and frees everything in one idempotent
   :meth:`~WorkerBackend.shutdown`.
+- Self-healing (``worker_restarts``): a death is reported only once every message the dead
+  worker completed has been returned by ``receive`` (nothing of it can arrive later), so the
+  iterator knows exactly which tasks it still owes; :meth:`~WorkerBackend.restart` puts a
+  new worker with the same id and seeds in its place and :meth:`~WorkerBackend.kill` ends a
+  stuck one. A replacement must never write memory a batch the main process still holds
+  lives in.
 - ``workers/pool.py`` (local processes, memfd slots, pyzmq) is the default engine;
   ``workers/ray_pool.py`` (Ray actors, the object store) is the ``"ray"`` one. Another
   engine is one new module implementing this protocol plus a line in :func:`make_backend`.
@@ -58,6 +64,23 @@ class WorkerBackend(Protocol):
     def retire(self, worker_id: int) -> None:
         """Stop a worker on purpose; its exit is not an error and it gets no more tasks."""
 
+    def restart(self, worker_id: int, epoch: int, base_seed: int,
+                replica_state: dict | None = None) -> None:
+        """Replace worker ``worker_id``, whose death ``receive`` reported, by a new one with
+        the same id, ``base_seed`` and ``worker_init_fn``, iterating ``epoch``; an
+        IterableDataset replica is rebuilt from ``replica_state`` (``workers/replica.py``;
+        None: from its start). Tasks submitted to the dead worker are dropped: the caller
+        submits again what it still owes. Batches the main process holds stay untouched.
+        Raises ``WorkerError`` when the worker cannot be replaced safely."""
+
+    def kill(self, worker_id: int) -> None:
+        """End a (stuck) worker at once; ``receive`` then reports its death as any other."""
+
+    def in_hand(self, worker_id: int) -> tuple[int, int] | None:
+        """(epoch, batch id) of the task the worker started last, (-1, -1) before its first,
+        None if the engine cannot tell; after a death, the batch it was fetching (a result
+        it had sent may have died with it)."""
+
     def describe(self, worker_id: int) -> str:
         """Where the worker runs, for messages: ``"pid 1234"``."""
 
@@ -84,7 +107,11 @@ class WorkerBackend(Protocol):
 
 
 def make_backend(kind: str, **spec: Any) -> WorkerBackend:
-    """The engine ``kind`` (one of :data:`BACKENDS`) for the iterator's worker ``spec``."""
+    """The engine ``kind`` (one of :data:`BACKENDS`) for the iterator's worker ``spec``:
+    ``num_workers``, ``context``, ``dataset``, ``iterable``, ``auto_collation``,
+    ``collate_fn``, ``drop_last``, ``worker_init_fn``, ``base_seed``, ``slots_per_worker``,
+    ``thread_limit``, ``on_error`` ("raise"/"skip", for ``workers/fetch.py``) and
+    ``track_state`` (send each batch's replica position in a ``BatchNote``)."""
     if kind == "local":
         from loader.workers.pool import WorkerPool
         return WorkerPool(**spec)

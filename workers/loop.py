@@ -11,6 +11,12 @@
 - The worker: one task at a time, in arrival order; messages waiting behind the current
   task are read first, so releases return slots early and a ``Resume`` drops stale tasks.
   User code that raises becomes a ``Failure``; a replica that ends becomes ``IterEnd``.
+  With ``on_error="skip"`` samples that raise are left out and listed in a ``BatchNote``
+  sent just before the reply (an ``EmptyBatch`` when none was left); with restarts on, a
+  Stateful replica's position rides in the same note.
+- A replacement worker (``WorkerPool.restart``) is this same loop started with the dead
+  worker's id, the slots the main process does not hold, and the replica position the main
+  process last received.
 - Shutdown: ``Stop`` ends the loop; so does the death of the main process (a pidfd in the
   same poll, or a parent-pid check where pidfds are missing). The worker leaves with
   ``os._exit`` so nothing inherited from the parent runs at exit.
@@ -32,6 +38,7 @@ import zmq
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
 from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
+from loader.workers.progress import ProgressWord
 from loader.workers.task import SKIP, Encoded, EpochState, fetch_and_encode
 from loader.workers.threads import limit_threads
 
@@ -62,6 +69,11 @@ class WorkerSpec:
     close_fds: list  # other loaders' slots inherited through fork, closed at start
     thread_limit: int | None
     dump_fd: int  # where faulthandler writes this worker's stacks on SIGUSR1
+    progress_fd: int  # where the batch in hand is written (workers/progress.py)
+    on_error: str = "raise"  # "skip": samples whose fetch raises are left out
+    track_state: bool = False  # send the replica's position with every batch (restarts on)
+    free_slots: list | None = None  # a replacement's writable slots (None: all of them)
+    replica_state: dict | None = None  # a replacement's replica position (None: the start)
 
 
 def _parent_watch(main_pid: int) -> int | None:
@@ -83,14 +95,17 @@ class _Worker:
         self.out.setsockopt(zmq.LINGER, -1)
         self.out.connect(spec.result_address)
         self.writer = SlotWriter.open(spec.main_pid, spec.slot_fds, spec.fds_inherited)
-        self.free = set(range(self.writer.num_slots))
+        self.progress = ProgressWord.open(spec.main_pid, spec.progress_fd, spec.fds_inherited)
+        self.free = set(range(self.writer.num_slots)) if spec.free_slots is None \
+            else set(spec.free_slots)
         self.pending: deque = deque()
         self.parent_fd = _parent_watch(spec.main_pid)
         self.poller = zmq.Poller()
         self.poller.register(self.tasks, zmq.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
-        self.state = EpochState(spec, spec.epoch, spec.base_seed, run_init=True)
+        self.state = EpochState(spec, spec.epoch, spec.base_seed, run_init=True,
+                                replica_state=spec.replica_state)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -143,25 +158,31 @@ class _Worker:
                 self.serve(item)
 
     def serve(self, task: Task) -> None:
-        """Answer ``task`` (see ``EpochState.precheck`` for which tasks get no reply)."""
+        """Answer ``task`` (``EpochState.precheck`` says which tasks get no reply); a
+        BatchNote, when there is one, goes just before the reply."""
         state = self.state
         early = state.precheck(task.epoch, task.batch_id, task.indices)
         if early is not None:
             if early is not SKIP:
                 self.send(early)
             return
+        self.progress.started(task.epoch, task.batch_id)
         slot = self.free.pop() if self.free else -1
         writer = self.writer
         writer.begin(slot)
-        out = fetch_and_encode(state, writer, task.epoch, task.batch_id, task.indices)
-        if type(out) is not Encoded:  # a Failure or IterEnd
+        note, out = fetch_and_encode(state, writer, task.epoch, task.batch_id, task.indices)
+        if type(out) is not Encoded:  # a Failure, IterEnd or EmptyBatch
             self.release_unused(slot)
+            if note is not None:
+                self.send(note)
             self.send(out)
             return
         size = writer.end()
         if out.kind == codec.INBAND or size == 0:
             self.release_unused(slot)
             slot, size = -1, 0
+        if note is not None:
+            self.send(note)
         wid = self.spec.worker_id
         if out.kind == codec.LAYOUT:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,

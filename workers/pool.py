@@ -3,14 +3,20 @@ machine, their memfd slots and pyzmq sockets; start, talk, notice death, shut do
 
 ```
  WorkerPool ──start──▶ N processes (multiprocess: fork / spawn / forkserver)
-   PUSH (connect) ─────▶ ipc://@<run>-task-k      one per worker
-   PULL (bind)    ◀───── ipc://@<run>-results     shared by all workers
+   PUSH (connect) ─────▶ ipc://@<run>-task-k.g      one per worker (g: its generation)
+   PULL (bind)    ◀───── ipc://@<run>-results-k.g   one socket, an endpoint per worker
    poller: the PULL socket + every worker's process sentinel
    arenas: one per worker (ipc/arena.py), leases feed ``released``
 ```
 
 - The parent: :meth:`submit` queues a task for worker k; :meth:`receive` returns the next
-  decoded message, flushing slot releases first and waking at once if a worker dies.
+  decoded message, flushing slot releases first and waking at once if a worker dies. A
+  death is reported only after everything the dead worker sent has been returned
+  (``workers/drain.py``), so the iterator can tell exactly which tasks it still owes.
+- Restart (``worker_restarts``): :meth:`restart` replaces a dead worker by a new process
+  with the same id, arena and dump file, new sockets, and as free slots every slot the main
+  process does not hold a lease on (the user's batches, the reorder buffer); a slot the dead
+  worker was writing, or had sent in a message that never arrived, is free again.
 - The worker: ``workers/loop.py``.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
   timeout, SIGKILL survivors, close sockets and slots). Iterator exhaustion, ``close()``,
@@ -38,15 +44,18 @@ from loader.ipc.capacity import check_before_start
 from loader.ipc.codec import LAYOUT, decode
 from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
+from loader.workers.drain import ConnectionLedger
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
+from loader.workers.progress import ProgressWord
 from loader.workers.seeding import warm_before_fork
 from loader.workers.threads import scan_before_fork
 
 __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
-_DEATH_GRACE_MS = 50  # after a sentinel fires: time for the dead worker's last message
+_DRAIN_TIMEOUT_S = 2.0  # after a death: how long its last messages may take to arrive
+#                        (milliseconds in practice; a bound so that a death never hangs)
 _RECONNECT_MS = 2  # the task socket connects before its worker binds: retry this soon
 #                    (zmq's default, 100 ms, was most of the time to the first batch)
 _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole MiB)
@@ -58,7 +67,8 @@ _ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in fork
 
 @dataclass(frozen=True)
 class ExitedWorker:
-    """What remains known of a worker after shutdown (its Process object is closed)."""
+    """What remains known of a worker after shutdown (its Process object is closed), with
+    a Process's interface: code written for torch's ``_workers`` joins or terminates them."""
 
     pid: int
     name: str
@@ -67,6 +77,14 @@ class ExitedWorker:
     def is_alive(self) -> bool:
         return False
 
+    def join(self, timeout: float | None = None) -> None:
+        """Returns at once: the worker has exited."""
+
+    def terminate(self) -> None:
+        """Nothing to stop: the worker has exited."""
+
+    kill = close = terminate
+
 
 class WorkerPool:
     """``num_workers`` worker processes, their sockets and their shared-memory arenas."""
@@ -74,7 +92,8 @@ class WorkerPool:
     def __init__(self, *, num_workers: int, context: Any, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
-                 thread_limit: int | None) -> None:
+                 thread_limit: int | None, on_error: str = "raise",
+                 track_state: bool = False) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
@@ -87,12 +106,17 @@ class WorkerPool:
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
         self._dump_fds: list[int] = []
+        self._progress: list[ProgressWord] = []  # per worker: the batch it has in hand
         self._tasks: list[zmq.Socket] = []
+        self._generation: list[int] = []  # per worker: how many times it was replaced
+        self._leased: list[set[int]] = []  # per worker: slots the main process holds
+        self._settled: set[int] = set()  # dead workers whose every message has arrived
+        self._sentinels: dict[int, int] = {}  # worker -> the sentinel fd the poller watches
         self._run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
         self._results.setsockopt(zmq.RCVHWM, 0)
         self._results.setsockopt(zmq.LINGER, 0)
-        self._results.bind(f"{self._run}-results")
+        self._ledger = ConnectionLedger(self._results)  # before any worker can connect
         self._poller = zmq.Poller()
         self._poller.register(self._results, zmq.POLLIN)
         self._context = context
@@ -100,7 +124,8 @@ class WorkerPool:
         self._slots = slots_per_worker
         self._spec = dict(dataset=dataset, iterable=iterable, auto_collation=auto_collation,
                           collate_fn=collate_fn, drop_last=drop_last,
-                          worker_init_fn=worker_init_fn, thread_limit=thread_limit)
+                          worker_init_fn=worker_init_fn, thread_limit=thread_limit,
+                          on_error=on_error, track_state=track_state)
         _LIVE_POOLS.add(self)
         try:
             check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
@@ -126,30 +151,54 @@ class WorkerPool:
         for k in ids:
             arena = Arena(k, self._slots, self.released)
             dump_fd = os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
+            progress = ProgressWord.create(k)
             self._arenas.append(arena)
             self._dump_fds.append(dump_fd)
+            self._progress.append(progress)
             _ALL_SLOT_FDS.update(arena.fds)
-            _ALL_SLOT_FDS.add(dump_fd)
-            sock = self._zmq.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
-            sock.connect(f"{self._run}-task-{k}")
-            self._tasks.append(sock)
+            _ALL_SLOT_FDS.update((dump_fd, progress.fd))
+            self._generation.append(0)
+            self._leased.append(set())
+            self._tasks.append(self._connect(k))
             self._held.append([])
-            own = set(arena.fds) | {dump_fd}
-            spec = WorkerSpec(
-                worker_id=k, num_workers=total, base_seed=base_seed, epoch=epoch,
-                task_address=f"{self._run}-task-{k}", result_address=f"{self._run}-results",
-                main_pid=os.getpid(), slot_fds=list(arena.fds), fds_inherited=self._inherited,
-                close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
-                dump_fd=dump_fd, **self._spec)
-            process = self._context.Process(target=worker_main, args=(spec,), daemon=True,
-                                            name=f"loader-worker-{k}")
-            self._processes.append(process)
+            self._processes.append(self._process(k, total, epoch, base_seed))
             self._pids.append(None)
             self.num_workers += 1
         return ids
+
+    def _addresses(self, worker_id: int) -> tuple[str, str]:
+        """(task, results) endpoints of the worker's current generation."""
+        name = f"{worker_id}.{self._generation[worker_id]}"
+        return f"{self._run}-task-{name}", f"{self._run}-results-{name}"
+
+    def _connect(self, worker_id: int) -> zmq.Socket:
+        """The task socket of the worker's current generation, and its results endpoint."""
+        task_address, result_address = self._addresses(worker_id)
+        self._results.bind(result_address)
+        sock = self._zmq.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
+        sock.connect(task_address)
+        return sock
+
+    def _process(self, worker_id: int, num_workers: int, epoch: int, base_seed: int,
+                 free_slots: list | None = None, replica_state: dict | None = None) -> Any:
+        """A prepared (not started) process for worker ``worker_id``'s current generation."""
+        arena, dump_fd = self._arenas[worker_id], self._dump_fds[worker_id]
+        progress_fd = self._progress[worker_id].fd
+        own = set(arena.fds) | {dump_fd, progress_fd}
+        task_address, result_address = self._addresses(worker_id)
+        spec = WorkerSpec(
+            worker_id=worker_id, num_workers=num_workers, base_seed=base_seed, epoch=epoch,
+            task_address=task_address, result_address=result_address, main_pid=os.getpid(),
+            slot_fds=list(arena.fds), fds_inherited=self._inherited,
+            close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
+            dump_fd=dump_fd, progress_fd=progress_fd, free_slots=free_slots,
+            replica_state=replica_state,
+            **self._spec)
+        return self._context.Process(target=worker_main, args=(spec,), daemon=True,
+                                     name=f"loader-worker-{worker_id}")
 
     def start(self, count: int | None = None) -> None:
         """Start prepared worker processes: ``count`` of them, or all. The rest start one
@@ -162,24 +211,87 @@ class WorkerPool:
                 if count <= 0:
                     return
                 count -= 1
-            if self._inherited:
-                # the parent's objects go to gc's permanent generation for the fork, so the
-                # child's collections never walk (and copy-on-write) them; O(1) both ways
-                gc.freeze()
-                try:
-                    process.start()
-                finally:
-                    gc.unfreeze()
-            else:
+            self._start_process(k)
+
+    def _start_process(self, worker_id: int) -> None:
+        process = self._processes[worker_id]
+        if self._inherited:
+            # the parent's objects go to gc's permanent generation for the fork, so the
+            # child's collections never walk (and copy-on-write) them; O(1) both ways
+            gc.freeze()
+            try:
                 process.start()
-            self._pids[k] = process.pid
-            self._poller.register(process.sentinel, zmq.POLLIN)
+            finally:
+                gc.unfreeze()
+        else:
+            process.start()
+        self._pids[worker_id] = process.pid
+        self._sentinels[worker_id] = process.sentinel
+        self._poller.register(process.sentinel, zmq.POLLIN)
+
+    # ------------------------------------------------------------------ self-healing
+
+    def restart(self, worker_id: int, epoch: int, base_seed: int,
+                replica_state: dict | None = None) -> None:
+        """Replace dead worker ``worker_id`` (after :meth:`receive` reported its death) by a
+        new process with the same id, seeds (``base_seed``) and ``worker_init_fn``, starting
+        at ``epoch``; an iterable replica resumes from ``replica_state``. Tasks submitted
+        to the dead worker are gone: submit again what is still owed."""
+        k = worker_id
+        old = self._processes[k]
+        if old.exitcode is None or k not in self._settled:
+            raise WorkerError(
+                f"DataLoader worker {k} ({self.describe(k)}) cannot be replaced: it died but "
+                f"its last messages were not all received within {_DRAIN_TIMEOUT_S} s, so "
+                "a batch could be yielded twice", worker_id=k, pid=old.pid,
+                exitcode=old.exitcode)
+        self._unwatch(k)
+        old.join(_JOIN_TIMEOUT_S)
+        try:
+            old.close()
+        except (ValueError, AttributeError):
+            pass
+        self._settled.discard(k)
+        _, result_address = self._addresses(k)
+        try:
+            self._results.unbind(result_address)
+        except zmq.ZMQError:
+            pass
+        self._ledger.forget(result_address)
+        self._tasks[k].close(linger=0)
+        self._generation[k] += 1
+        self._tasks[k] = self._connect(k)
+        self._collect_releases()
+        self._held[k].clear()  # released slots are free in the replacement from the start
+        free = [slot for slot in range(self._slots) if slot not in self._leased[k]]
+        self._progress[k].reset()
+        self._processes[k] = self._process(k, self.num_workers, epoch, base_seed, free,
+                                           replica_state)
+        self._pids[k] = None
+        self._start_process(k)
+
+    def in_hand(self, worker_id: int) -> tuple[int, int] | None:
+        """(epoch, batch id) of the task the worker started last, (-1, -1) before its
+        first (workers/progress.py)."""
+        return self._progress[worker_id].in_hand()
+
+    def _unwatch(self, worker_id: int) -> None:
+        """Stop polling the worker's sentinel (the descriptor registered, not whatever the
+        process object holds now)."""
+        sentinel = self._sentinels.pop(worker_id, None)
+        if sentinel is not None:
+            self._poller.unregister(sentinel)
+
+    def kill(self, worker_id: int) -> None:
+        """SIGKILL a worker (one that is stuck); :meth:`receive` then reports its death."""
+        process = self._processes[worker_id]
+        if process.exitcode is None:
+            process.kill()
 
     def retire(self, worker_id: int) -> None:
         """Stop a worker on purpose; its exit is not an error. Give it no more tasks."""
         self._retired.add(worker_id)
-        process = self._processes[worker_id]
-        self._poller.unregister(process.sentinel)
+        self._unwatch(worker_id)
         self._send(worker_id, Stop())
 
     # ------------------------------------------------------------------ messages
@@ -227,6 +339,7 @@ class WorkerPool:
         while released:
             worker_id, slot = released.popleft()
             self._held[worker_id].append(slot)
+            self._leased[worker_id].discard(slot)
 
     def flush_releases(self) -> None:
         """Send every held slot release now (before the main process blocks)."""
@@ -272,19 +385,21 @@ class WorkerPool:
         lease = None
         if message.slot >= 0 and message.slot_size:
             lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size)
+            self._leased[message.worker_id].add(message.slot)
         return decode(message.codec, payload, lease, message.spans)
 
     def _raise_if_dead(self) -> None:
-        dead = [(k, p) for k, p in enumerate(self._processes)
-                if k not in self._retired and self._pids[k] is not None
-                and p.exitcode is not None]
-        if not dead:
-            return
-        if self._results.poll(_DEATH_GRACE_MS):
-            return  # its last words are still arriving: deliver them first
-        k, process = dead[0]
-        raise WorkerError(describe_exit(k, process.pid, process.exitcode),
-                          worker_id=k, pid=process.pid, exitcode=process.exitcode)
+        """Raise WorkerError for a dead worker once all it sent has been received."""
+        for k, process in enumerate(self._processes):
+            if k in self._retired or self._pids[k] is None or process.exitcode is None:
+                continue
+            if k not in self._settled and \
+                    self._ledger.wait_closed(self._addresses(k)[1], _DRAIN_TIMEOUT_S):
+                self._settled.add(k)
+            if self._results.get(zmq.EVENTS) & zmq.POLLIN:
+                return  # its last words (or others' results) are there: deliver them first
+            raise WorkerError(describe_exit(k, process.pid, process.exitcode),
+                              worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
     def stack_dump(self, worker_id: int) -> str:
         """The worker's Python stacks right now (faulthandler), or '' if it cannot tell."""
@@ -325,6 +440,7 @@ class WorkerPool:
                 process.join(_JOIN_TIMEOUT_S)
         for sock in self._tasks:
             sock.close(linger=0)
+        self._ledger.close()
         self._results.close(linger=0)
         self._zmq.term()
         for arena in self._arenas:
@@ -334,6 +450,10 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)
         self._dump_fds = []
+        for progress in self._progress:
+            _ALL_SLOT_FDS.discard(progress.fd)
+            progress.close()
+        self._progress = []
         self.exited = [ExitedWorker(p.pid, p.name, p.exitcode) for _, p in started]
         for _, process in started:
             try:

@@ -8,8 +8,9 @@ local worker process (``workers/task.py``), carried by Ray calls instead of sock
  where.remote()  ──────────────────────────────▶   (pid, node id, ip)
  fetch.remote(epoch, batch_id, indices) ───────▶   one call per batch: fetch + collate into
                                                    a HeapWriter, encode, return
- ◀── (head, payload, buffer) ─────────────────────  head: packed Result | Failure | IterEnd
-     (buffer lands in the object store)             (or None: no reply, as a local worker)
+ ◀── (note, head, payload, buffer) ───────────────  head: packed Result | Failure | IterEnd |
+     (buffer lands in the object store)             EmptyBatch (None: no reply, as a local
+                                                    worker); note: a packed BatchNote or None
  new_epoch.remote(epoch, base_seed) ───────────▶   reseed, restart the replica
 ```
 
@@ -46,6 +47,8 @@ class ActorSpec:
     iterable: bool
     auto_collation: bool
     drop_last: bool
+    on_error: str = "raise"
+    track_state: bool = False
     dataset: Any = None
     collate_fn: Callable | None = None
     worker_init_fn: Callable | None = None
@@ -56,13 +59,15 @@ class LoaderWorker:
 
     def __init__(self, job: tuple, worker_id: int, num_workers: int, iterable: bool,
                  auto_collation: bool, drop_last: bool, base_seed: int, epoch: int,
-                 thread_limit: int | None) -> None:
+                 thread_limit: int | None, on_error: str = "raise", track_state: bool = False,
+                 replica_state: dict | None = None) -> None:
         dataset, collate_fn, worker_init_fn = job
         limit_threads(thread_limit)
         self.spec = ActorSpec(worker_id, num_workers, iterable, auto_collation, drop_last,
-                              dataset, collate_fn, worker_init_fn)
+                              on_error, track_state, dataset, collate_fn, worker_init_fn)
         self.writer = HeapWriter()
-        self.state = EpochState(self.spec, epoch, base_seed, run_init=True)
+        self.state = EpochState(self.spec, epoch, base_seed, run_init=True,
+                                replica_state=replica_state)
 
     def where(self) -> tuple[int, str, str]:
         """(pid, node id, node ip) of this actor, for messages and local stats."""
@@ -75,17 +80,19 @@ class LoaderWorker:
         self.state = EpochState(self.spec, epoch, base_seed, run_init=False)
 
     def fetch(self, epoch: int, batch_id: int, indices: Any) -> tuple:
-        """One batch: (packed message, pickled payload or None, buffer or None)."""
+        """One batch: (packed BatchNote or None, packed reply or None, pickled payload or
+        None, buffer or None)."""
         state = self.state
         early = state.precheck(epoch, batch_id, indices)
         if early is not None:
-            return (None if early is SKIP else pack(early)), None, None
+            return None, (None if early is SKIP else pack(early)), None, None
         writer = self.writer
         writer.begin()
-        out = fetch_and_encode(state, writer, epoch, batch_id, indices)
-        if type(out) is not Encoded:  # a Failure or IterEnd
+        note, out = fetch_and_encode(state, writer, epoch, batch_id, indices)
+        note = None if note is None else pack(note)
+        if type(out) is not Encoded:  # a Failure, IterEnd or EmptyBatch
             writer.end()
-            return pack(out), None, None
+            return note, pack(out), None, None
         buffer = writer.end()
         if out.kind == codec.INBAND:  # everything is in the payload; carved bytes unused
             buffer = None
@@ -94,6 +101,6 @@ class LoaderWorker:
         if out.kind == codec.LAYOUT:
             head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing,
                           out.payload)
-            return pack(head), None, buffer
+            return note, pack(head), None, buffer
         head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing)
-        return pack(head), out.payload, buffer
+        return note, pack(head), out.payload, buffer

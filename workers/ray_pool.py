@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,8 @@ class RayPool:
     def __init__(self, *, num_workers: int, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, thread_limit: int | None,
-                 options: Any, owner: Any = None, slots_per_worker: int = 0,
+                 options: Any, owner: Any = None, on_error: str = "raise",
+                 track_state: bool = False, slots_per_worker: int = 0,
                  context: Any = None) -> None:
         # slots_per_worker and context are the local engine's: Ray's object store holds
         # as many batches as are in flight, and actors need no start method
@@ -127,7 +129,9 @@ class RayPool:
         self._closed = False
         self._options = options
         self._args = dict(iterable=iterable, auto_collation=auto_collation,
-                          drop_last=drop_last, thread_limit=thread_limit)
+                          drop_last=drop_last, thread_limit=thread_limit, on_error=on_error,
+                          track_state=track_state)
+        self._queued: deque = deque()  # replies whose BatchNote receive returned first
         self._actors: list[Any] = []
         self._where_refs: list[Any] = []
         self._where: list[tuple | None] = []  # (pid, node id, ip) once reported
@@ -159,10 +163,11 @@ class RayPool:
 
     # ------------------------------------------------------------------ workers
 
-    def _new_actor(self, worker_id: int, total: int, epoch: int, base_seed: int) -> Any:
-        actor = _remote_class().options(**self._options.actor_options()).remote(
-            self._job, worker_id, total, base_seed=base_seed, epoch=epoch, **self._args)
-        return actor
+    def _new_actor(self, worker_id: int, total: int, epoch: int, base_seed: int,
+                   replica_state: dict | None = None) -> Any:
+        return _remote_class().options(**self._options.actor_options()).remote(
+            self._job, worker_id, total, base_seed=base_seed, epoch=epoch,
+            replica_state=replica_state, **self._args)
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
         """Ask Ray for ``count`` more actors; tasks may be submitted to them at once (Ray
@@ -186,19 +191,15 @@ class RayPool:
     def restart(self, worker_id: int, epoch: int, base_seed: int,
                 replica_state: dict | None = None) -> None:
         """Replace worker ``worker_id`` (dead, or given up on) by a new actor with the same
-        id, seeds and ``worker_init_fn``, iterating ``epoch``; its unanswered tasks are
-        dropped (the caller submits again what it still owes). Batches already handed out
-        live in the object store, untouched by the new actor. An iterable replica starts
-        from its beginning: restoring a position (``replica_state``) is not supported on
-        this engine, and asking for it raises ``WorkerError``."""
-        if replica_state is not None:
-            raise WorkerError(f"DataLoader worker {worker_id} cannot be replaced: the Ray "
-                              "engine cannot restore an IterableDataset replica's position",
-                              worker_id=worker_id)
+        id, seeds and ``worker_init_fn``, iterating ``epoch`` (an iterable replica restored
+        to ``replica_state``, ``workers/replica.py``; None: from its start); its unanswered
+        tasks are dropped (the caller submits again what it still owes). Batches already
+        handed out live in the object store, untouched by the new actor."""
         self._kill(worker_id)
         self._drop_tasks(worker_id)
         self._deaths.pop(worker_id, None)
-        actor = self._new_actor(worker_id, self.num_workers, epoch, base_seed)
+        self._queued = deque(q for q in self._queued if q[0].worker_id != worker_id)
+        actor = self._new_actor(worker_id, self.num_workers, epoch, base_seed, replica_state)
         self._actors[worker_id] = actor
         self._where_refs[worker_id] = actor.where.remote()
         self._where[worker_id] = None
@@ -261,6 +262,8 @@ class RayPool:
         while every worker that owes one is up (coming up is bounded by
         ``placement_timeout_s`` instead: it may take an autoscaler minutes).
         """
+        if self._queued:
+            return self._queued.popleft()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             self._learn_where()
@@ -293,7 +296,7 @@ class RayPool:
         worker_id = self._inflight.pop(ref)
         number = self._task_of.pop(ref)[1]
         try:
-            head, payload, buffer = ray.get(ref, timeout=_GET_TIMEOUT_S)
+            note, head, payload, buffer = ray.get(ref, timeout=_GET_TIMEOUT_S)
         except (RayError, GetTimeoutError) as exc:
             known = self._deaths.get(worker_id)
             if known is None or number < known[0]:
@@ -301,7 +304,13 @@ class RayPool:
             return None
         if head is None:
             return None
-        message = unpack(head)
+        reply = self._reply(ref, unpack(head), payload, buffer)
+        if note is None:
+            return reply
+        self._queued.append(reply)  # the note first, as a local worker sends it
+        return unpack(note), None
+
+    def _reply(self, ref: Any, message: Any, payload: Any, buffer: Any) -> tuple[Any, Any]:
         if type(message) is not Result:
             return message, None
         lease = None
@@ -423,6 +432,7 @@ class RayPool:
         self._inflight.clear()
         self._task_of.clear()
         self._deaths.clear()
+        self._queued.clear()
         if ray.is_initialized():
             for k in range(len(self._actors)):
                 self._kill(k)

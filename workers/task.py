@@ -8,8 +8,9 @@ from the same seeds and report failures the same way.
  engine ──(epoch, batch_id, indices)──▶ EpochState.precheck ──▶ a reply without fetching
                                          │ (stale, start-up failure, replica never started)
                                          ▼
-                                        fetch_and_encode(writer) ──▶ Encoded(kind, payload, …)
-                                                                 └─▶ Failure | IterEnd
+                                        fetch_and_encode(writer) ──▶ (note, reply)
+     note: a BatchNote (skipped samples, replica position) or None, sent before the reply
+     reply: Encoded(kind, payload, ...) | Failure | IterEnd | EmptyBatch
 ```
 
 - ``Failure`` carries the pickled exception type, its traceback text and the indices, so
@@ -18,6 +19,9 @@ from the same seeds and report failures the same way.
 - A ``StopIteration`` from a map-style dataset is an error, as in torch; from an iterable
   replica it ends that replica (``IterEnd``), after which the worker answers nothing more
   for the epoch.
+- ``on_error="skip"``: samples that raise are left out and listed in the note; a batch with
+  none left is an ``EmptyBatch``. With restarts on (``track_state``), a Stateful replica's
+  position after each batch rides in the note too.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from typing import Any, NamedTuple
 
 from loader import collate
 from loader.ipc import codec
-from loader.ipc.messages import Failure, IterEnd
+from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import make_fetcher
+from loader.workers.fetch import BatchSkipped, make_fetcher
 from loader.workers.seeding import seed_worker
 
-__all__ = ["SKIP", "Encoded", "EpochState", "failure", "fetch_and_encode"]
+__all__ = ["SKIP", "Encoded", "EpochState", "batch_note", "failure", "fetch_and_encode"]
 
 SKIP = object()  # precheck's "no reply at all": a stale task, or a replica already ended
 
@@ -49,17 +53,21 @@ class Encoded(NamedTuple):
 
 class EpochState:
     """One worker's state for one epoch: seeds and worker info installed, ``worker_init_fn``
-    run (first epoch only), the fetcher made, and any start-up failure kept for the reply
-    to the epoch's first task. ``spec`` needs ``worker_id``, ``num_workers``, ``dataset``,
-    ``worker_init_fn``, ``iterable``, ``auto_collation``, ``collate_fn`` and ``drop_last``."""
+    run (first epoch only), the fetcher made (an iterable replica restored to
+    ``replica_state`` when given), and any start-up failure kept for the reply to the
+    epoch's first task. ``spec`` needs ``worker_id``, ``num_workers``, ``dataset``,
+    ``worker_init_fn``, ``iterable``, ``auto_collation``, ``collate_fn``, ``drop_last``,
+    ``on_error`` and ``track_state``."""
 
-    def __init__(self, spec: Any, epoch: int, base_seed: int, run_init: bool) -> None:
+    def __init__(self, spec: Any, epoch: int, base_seed: int, run_init: bool,
+                 replica_state: dict | None = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
         self.init_error: Failure | None = None
         self.worker_id = spec.worker_id
         self.iterable = spec.iterable
+        self.track_state = spec.track_state
         seed, rng = seed_worker(base_seed, spec.worker_id)
         _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
                                     dataset=spec.dataset, rng=rng, epoch=epoch))
@@ -70,7 +78,8 @@ class EpochState:
                 self.init_error = failure(exc, epoch, -1, spec.worker_id, None)
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last)
+                                        spec.collate_fn, spec.drop_last, spec.on_error,
+                                        replica_state)
         except Exception as exc:  # an IterableDataset's __iter__ raised
             self.init_error = self.init_error or failure(exc, epoch, -1, spec.worker_id, None)
 
@@ -101,28 +110,58 @@ def failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
     return Failure(epoch, batch_id, worker_id, type(exc).__name__, exc_type, text, indices)
 
 
+def batch_note(state: EpochState, epoch: int, batch_id: int,
+               with_state: bool = True) -> BatchNote | None:
+    """The BatchNote for the batch just fetched, or None when there is nothing to say (the
+    default path: no skips, no restarts). Raises what the replica's ``state_dict()``
+    raises, so that it becomes the batch's Failure."""
+    fetcher = state.fetcher
+    skipped = fetcher.skipped
+    position = fetcher.state() if with_state and state.track_state else None
+    if not skipped and position is None:
+        return None
+    return BatchNote(epoch, batch_id, state.worker_id, tuple(skipped), position)
+
+
+def _note_or_skips(state: EpochState, epoch: int, batch_id: int,
+                   with_state: bool = True) -> BatchNote | None:
+    """``batch_note`` for a batch without samples to lose: if the position cannot be
+    taken, the skips still go."""
+    try:
+        return batch_note(state, epoch, batch_id, with_state)
+    except Exception:
+        return BatchNote(epoch, batch_id, state.worker_id, tuple(state.fetcher.skipped), None)
+
+
 def fetch_and_encode(state: EpochState, writer: Any, epoch: int, batch_id: int,
-                     indices: Any) -> Encoded | Failure | IterEnd:
+                     indices: Any) -> tuple[BatchNote | None, Any]:
     """Fetch and collate ``indices`` with collate's arrays carved from ``writer``'s current
     slot (``writer.begin`` already called), then encode the batch for the main process.
-    User code that raises becomes a Failure; an iterable replica that ends, an IterEnd."""
+    Returns (note, reply): the reply is an Encoded batch, or a Failure (user code raised),
+    an IterEnd (the iterable replica ended) or an EmptyBatch (every sample skipped); the
+    note, when not None, must reach the main process before the reply."""
     previous = collate.use_allocator(writer.alloc)
     cpu0 = thread_time()
     try:
         batch = state.fetcher.fetch(indices)
+        note = batch_note(state, epoch, batch_id)
         t0 = perf_counter()
         kind, payload, spans = codec.encode(batch, writer)
         encode_s = perf_counter() - t0
         del batch
     except StopIteration as exc:
         if not state.iterable:  # a map dataset raised it: an error, as in torch
-            return failure(exc, epoch, batch_id, state.worker_id, indices)
+            return None, failure(exc, epoch, batch_id, state.worker_id, indices)
         state.ended = True
-        return IterEnd(epoch, batch_id, state.worker_id)
+        return (_note_or_skips(state, epoch, batch_id, with_state=False),
+                IterEnd(epoch, batch_id, state.worker_id))
+    except BatchSkipped:
+        return _note_or_skips(state, epoch, batch_id), EmptyBatch(epoch, batch_id,
+                                                                  state.worker_id)
     except Exception as exc:
-        return failure(exc, epoch, batch_id, state.worker_id, indices)
+        return None, failure(exc, epoch, batch_id, state.worker_id, indices)
     finally:
         collate.use_allocator(previous)
     fetcher = state.fetcher
     timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
-    return Encoded(kind, payload, spans, timing)
+    return note, Encoded(kind, payload, spans, timing)
