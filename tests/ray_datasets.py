@@ -62,14 +62,14 @@ class Plain:
 class Sharded(IterableDataset):
     """Samples ``range(n)`` split between the workers by ``get_worker_info``."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, shape: tuple = SHAPE) -> None:
+        self.n, self.shape = n, shape
 
     def __iter__(self):
         info = get_worker_info()
         start, step = (0, 1) if info is None else (info.id, info.num_workers)
         for i in range(start, self.n, step):
-            yield np.full(SHAPE, i % 256, np.uint8), i, float(np.random.random())
+            yield np.full(self.shape, i % 256, np.uint8), i, float(np.random.random())
 
 
 class Replicated(IterableDataset):

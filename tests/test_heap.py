@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from loader import collate
-from loader.collate import default_collate
+from loader.collate import collate_arrays  # numpy batches whether torch is in use or not
 from loader.ipc import codec
 from loader.ipc.heap import HeapWriter
 
@@ -51,17 +51,17 @@ def test_collated_batches_roundtrip_and_grow_across_segments():
     writer.alloc((3, 300, 1024), np.dtype(np.float32))
     assert len(writer._segments) == 3  # the empty start, and two carved segments
     writer.end()
-    batch, back, kind = roundtrip(writer, lambda: default_collate(samples))
+    batch, back, kind = roundtrip(writer, lambda: collate_arrays(samples))
     assert kind == codec.LAYOUT
     same(batch, back)
     size = writer._buffer.nbytes
     assert size >= batch["x"].nbytes + batch["y"].nbytes  # joined: one segment next time
-    batch, back, _ = roundtrip(writer, lambda: default_collate(samples[::-1]))
+    batch, back, _ = roundtrip(writer, lambda: collate_arrays(samples[::-1]))
     same(batch, back)
     assert writer._buffer.nbytes == size
 
     grown = HeapWriter()  # segments joined in the very batch that outgrew the buffer
-    batch, back, _ = roundtrip(grown, lambda: default_collate(samples))
+    batch, back, _ = roundtrip(grown, lambda: collate_arrays(samples))
     same(batch, back)
 
 

@@ -170,6 +170,21 @@ def test_iterable_sharded_by_worker_info_matches(ray_cluster, num_workers):
     assert got == list(range(23))  # each sample once
 
 
+def test_a_replica_end_never_overtakes_its_last_batch(ray_cluster):
+    # each worker's last batch is big (object store, slower to store) and its IterEnd
+    # reply tiny: Ray may complete the second first; no batch may be lost to it
+    dataset = rd.Sharded(22, shape=(4, 256, 256))  # 256 KiB samples; 11 per worker
+    kwargs = dict(batch_size=4, num_workers=2, persistent_workers=True)
+    local, remote = pair(dataset, **kwargs)
+    try:
+        expected, got = epochs(local, 6), epochs(remote, 6)
+        assert [len(e) for e in got] == [6] * 6  # 3 batches per worker, the last partial
+        assert got == expected
+    finally:
+        remote.close()
+        local.close()
+
+
 def test_iterable_replicas_per_actor_match(ray_cluster):
     local, remote = pair(rd.Replicated(5), batch_size=2, num_workers=2, drop_last=True)
     assert epochs(remote) == epochs(local)

@@ -7,7 +7,8 @@ Ray cluster, fed one remote call per batch; batches come back through Ray's obje
  ray.put((dataset, collate_fn, worker_init_fn)) ── once ──▶ resolved by each actor, once
  add_workers: LoaderWorker.options(num_cpus=1, ...).remote(job, k, ...) + where()
  submit  ─ actor_k.fetch.remote(epoch, batch_id, indices) ─▶ fetch + collate + encode
- receive ─ ray.wait(in flight, 1, poll) ─ ray.get ◀──────── (head, payload, buffer)
+ receive ─ ray.wait(each worker's oldest call, 1, poll) ─ ray.get ◀── (note, head,
+   payload, buffer): a worker's replies in the order it made them, as from a socket;
    buffer: a read-only zero-copy view of the object store on this node, wrapped in a
    Lease that holds the ObjectRef: the object is freed when the user drops the batch
  shutdown ─ ray.kill(each of our actors) ─ drop the dataset ─ ray_session.leave
@@ -15,9 +16,12 @@ Ray cluster, fed one remote call per batch; batches come back through Ray's obje
 
 - The iterator (``loader/_multiprocess.py``) keeps the sampler, round robin, prefetch
   bound and reorder buffer, so batches and their order are those of the local engine.
+- Order: Ray may complete one actor's calls out of order at the caller (a small IterEnd
+  before the batch ahead of it), so only each worker's oldest unanswered call is waited
+  on; the iterator's rules (an IterEnd ends a replica after its batches) then hold.
 - Death: a dead actor or a lost node makes its calls fail with a Ray error, which
   :meth:`receive` turns into a :class:`WorkerError` naming the worker, its node and what
-  Ray said. Every wait is bounded (``_POLL_S``), and an actor that no node can take is
+  Ray said, after every reply the worker made before (self-healing relies on that). Every wait is bounded (``_POLL_S``), and an actor that no node can take is
   reported after ``RayBackend.placement_timeout_s``.
 - Shutdown: :meth:`shutdown` is idempotent and kills only the actors this pool created;
   a Ray session is ended only by ``workers/ray_session.py``, and only if a loader
@@ -51,8 +55,6 @@ _COPY_BELOW = 100 * 1024  # bytes: Ray returns objects smaller than this (its de
 #                          max_direct_call_object_size) inside the reply, not in the object
 #                          store, so there is no store memory to share: copy them (writable,
 #                          a few us) and free Ray's object at once
-_DEATH_DRAIN_S = 10.0  # how long a dead worker's earlier results may take to arrive
-#                        before its death is reported anyway (they are pulled, or lost)
 _REASON_CHARS = 600  # characters of Ray's error message quoted in a WorkerError
 _LIVE_POOLS: "weakref.WeakSet[RayPool]" = weakref.WeakSet()
 _actor_class = None
@@ -139,12 +141,12 @@ class RayPool:
         self._procs: list[_ActorProcess] = []
         self._pids: list[int | None] = []  # local pids, for stats (None: elsewhere/unknown)
         self._retired: set[int] = set()
-        self._inflight: dict[Any, int] = {}  # ObjectRef -> worker id, in submission order
-        self._task_of: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (epoch, number)
+        # per worker, its unanswered tasks' ObjectRefs in submission order: only the oldest
+        # of each is waited on, so a worker's replies come out in the order it produced
+        # them (Ray may deliver them in any order; an IterEnd must not overtake a batch)
+        self._pending: list[deque] = []
+        self._task_of: dict[Any, tuple[int, int, int]] = {}  # ref -> (epoch, number, worker)
         self._submitted = 0  # tasks numbered in submission order
-        # worker -> (number of its first failed task, Ray's error, when): reported once the
-        # tasks it completed before are all delivered (their results outlive the actor)
-        self._deaths: dict[int, tuple[int, BaseException, float]] = {}
         self.exited: list[_ActorProcess] = []
         self._job = None
         ray_session.join([owner, self], options)
@@ -177,6 +179,7 @@ class RayPool:
         for k in ids:
             actor = self._new_actor(k, total, epoch, base_seed)
             self._actors.append(actor)
+            self._pending.append(deque())
             self._where_refs.append(actor.where.remote())
             self._where.append(None)
             self._created.append(time.monotonic())
@@ -197,7 +200,6 @@ class RayPool:
         handed out live in the object store, untouched by the new actor."""
         self._kill(worker_id)
         self._drop_tasks(worker_id)
-        self._deaths.pop(worker_id, None)
         self._queued = deque(q for q in self._queued if q[0].worker_id != worker_id)
         actor = self._new_actor(worker_id, self.num_workers, epoch, base_seed, replica_state)
         self._actors[worker_id] = actor
@@ -235,18 +237,21 @@ class RayPool:
             pass
 
     def _drop_tasks(self, worker_id: int, before_epoch: int | None = None) -> None:
-        for ref in [r for r, k in self._inflight.items() if k == worker_id
-                    and (before_epoch is None or self._task_of[r][0] < before_epoch)]:
-            del self._inflight[ref]
-            del self._task_of[ref]
+        kept = deque()
+        for ref in self._pending[worker_id]:
+            if before_epoch is None or self._task_of[ref][0] < before_epoch:
+                del self._task_of[ref]
+            else:
+                kept.append(ref)
+        self._pending[worker_id] = kept
 
     # ------------------------------------------------------------------ tasks
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         ref = self._actors[worker_id].fetch.remote(epoch, batch_id, indices)
         self._submitted += 1
-        self._inflight[ref] = worker_id
-        self._task_of[ref] = (epoch, self._submitted)
+        self._pending[worker_id].append(ref)
+        self._task_of[ref] = (epoch, self._submitted, worker_id)
 
     def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
         """Reseed and restart iteration; answers still due from older epochs are dropped
@@ -267,13 +272,13 @@ class RayPool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             self._learn_where()
-            self._raise_death()
-            refs = list(self._inflight)
+            heads = sorted((q[0] for q in self._pending if q),
+                           key=lambda r: self._task_of[r][1])
             wait_s = _POLL_S if deadline is None else \
                 max(0.0, min(_POLL_S, deadline - time.monotonic()))
             blocked = time.perf_counter()
-            if refs:
-                ready, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
+            if heads:
+                ready, _ = ray.wait(heads, num_returns=1, timeout=wait_s)
             else:  # nothing will arrive; wait out the poll like any other idle wait
                 ready = []
                 time.sleep(wait_s)
@@ -293,15 +298,13 @@ class RayPool:
 
     def _take(self, ref: Any) -> tuple[Any, Any] | None:
         """The reply in ``ref`` (None when the worker had no reply to give)."""
-        worker_id = self._inflight.pop(ref)
-        number = self._task_of.pop(ref)[1]
+        worker_id = self._task_of.pop(ref)[2]
+        self._pending[worker_id].popleft()  # ``ref`` is its oldest: only heads are waited on
         try:
             note, head, payload, buffer = ray.get(ref, timeout=_GET_TIMEOUT_S)
         except (RayError, GetTimeoutError) as exc:
-            known = self._deaths.get(worker_id)
-            if known is None or number < known[0]:
-                self._deaths[worker_id] = (number, exc, time.monotonic())
-            return None
+            # every reply of this worker's earlier tasks has been returned already
+            raise self._gone(worker_id, exc) from None
         if head is None:
             return None
         reply = self._reply(ref, unpack(head), payload, buffer)
@@ -322,19 +325,6 @@ class RayPool:
                 lease._ref = ref  # the object lives as long as any view of the batch
         body = message.layout if message.codec == LAYOUT else payload
         return message, decode(message.codec, body, lease, message.spans)
-
-    def _raise_death(self) -> None:
-        """Raise the WorkerError of a dead worker once no task it submitted before its
-        first failed one is still due (or after ``_DEATH_DRAIN_S``)."""
-        if not self._deaths:
-            return
-        now = time.monotonic()
-        for worker_id, (number, exc, since) in list(self._deaths.items()):
-            owed = any(k == worker_id and self._task_of[r][1] < number
-                       for r, k in self._inflight.items())
-            if not owed or now - since > _DEATH_DRAIN_S:
-                del self._deaths[worker_id]
-                raise self._gone(worker_id, exc) from None
 
     def _gone(self, worker_id: int, exc: BaseException) -> WorkerError:
         self._learn_where()
@@ -381,7 +371,7 @@ class RayPool:
         limit = self._options.placement_timeout_s
         now = time.monotonic()
         starting = False
-        for k in set(self._inflight.values()):
+        for k in [k for k, q in enumerate(self._pending) if q]:
             if self._where[k] is not None or self._where_refs[k] is None:
                 continue  # up, or failed to start (its tasks will say how)
             starting = True
@@ -429,9 +419,8 @@ class RayPool:
             return
         self._closed = True
         _LIVE_POOLS.discard(self)
-        self._inflight.clear()
+        self._pending = [deque() for _ in self._pending]
         self._task_of.clear()
-        self._deaths.clear()
         self._queued.clear()
         if ray.is_initialized():
             for k in range(len(self._actors)):
