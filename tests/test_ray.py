@@ -409,7 +409,9 @@ def test_worker_restarts_replace_a_killed_actor_and_the_epoch_is_whole(ray_clust
         it.close()
     assert [b[0].tolist() for b in batches] == [[i, i + 1] for i in range(0, 24, 2)]
     pids = [set(b[1].tolist()) for b in batches]
-    assert pids[1] == {victim} and victim not in pids[3]  # batch 3 came from its successor
+    # batch 3 (gated) came from its successor; batch 1 from either, as the kill fell
+    assert victim not in pids[3]
+    assert len({p for b in pids[1::2] for p in b} - {victim}) == 1  # one replacement
     assert dl.stats().restarts == 1
 
 
