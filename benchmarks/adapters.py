@@ -3,15 +3,17 @@
 An adapter builds a loader from (dataset, batch size, workers, collate_fn, start method,
 persistence), shuts it down, and says when it cannot take part (not installed, or the
 workload needs something it lacks). Ours and torch's are here; optional peers are in
-``benchmarks/peers.py``.
+``benchmarks/peers.py``. A ``-state`` adapter (:class:`EveryBatchState`) is another one
+whose loop also calls ``loader.state_dict()`` after every batch, as a training loop that
+checkpoints every step would; it runs only where a workload asks for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ADAPTERS", "Adapter", "DEFAULT_LOADERS", "OursAdapter", "TorchAdapter",
-           "BASELINE"]
+__all__ = ["ADAPTERS", "Adapter", "DEFAULT_LOADERS", "EveryBatchState", "OursAdapter",
+           "TorchAdapter", "BASELINE"]
 
 BASELINE = "torch"  # the loader every ratio is taken against
 
@@ -31,6 +33,13 @@ class Adapter:
                     persistent: bool) -> str | None:
         """Why this loader cannot run this cell, or None."""
         return None
+
+    def applies(self, workload: Any) -> bool:
+        """Whether this loader runs ``workload`` at all (a False leaves no row)."""
+        wanted = getattr(workload, "loaders", None)
+        if wanted is not None:
+            return self.name in wanted
+        return not self.name.endswith("-state")  # state probes run where asked for
 
     def make(self, dataset: Any, *, batch_size: int, num_workers: int,
              collate_fn: Any, start_method: str, persistent: bool) -> Any:
@@ -110,15 +119,69 @@ class TorchAdapter(Adapter):
                 stop()
 
 
+class _StateIterator:
+    """The iterator of :class:`_StatefulLoop`: after each batch, ``loader.state_dict()``."""
+
+    __slots__ = ("loader", "it", "state")
+
+    def __init__(self, loader: Any, it: Any) -> None:
+        self.loader, self.it, self.state = loader, it, None
+
+    def __iter__(self) -> "_StateIterator":
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.it)
+        self.state = self.loader.state_dict()
+        return batch
+
+
+class _StatefulLoop:
+    """A loader whose loop takes its state after every batch."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> _StateIterator:
+        return _StateIterator(self.loader, iter(self.loader))
+
+
+class EveryBatchState(Adapter):
+    """Another adapter's loader, with ``state_dict()`` called after every batch."""
+
+    def __init__(self, inner: Adapter) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}-state"
+        self.flavour = inner.flavour
+        self.note = f"{self.name}: {inner.name}, and loader.state_dict() after every batch"
+
+    def unavailable(self):
+        return self.inner.unavailable()
+
+    def unsupported(self, workload, num_workers, start_method, persistent):
+        return self.inner.unsupported(workload, num_workers, start_method, persistent)
+
+    def make(self, dataset, **kwargs):
+        return _StatefulLoop(self.inner.make(dataset, **kwargs))
+
+    def shutdown(self, loader, iterator):
+        self.inner.shutdown(getattr(loader, "loader", None), getattr(iterator, "it", None))
+
+
 def _registry() -> dict[str, Adapter]:
     from . import peers
     from .ray_adapter import RayAdapter
-    adapters: list[Adapter] = [OursAdapter(), OursAdapter("ours-torch", "torch"),
-                               RayAdapter(), TorchAdapter(), *peers.PEERS]
+    ours = OursAdapter()
+    adapters: list[Adapter] = [ours, OursAdapter("ours-torch", "torch"), RayAdapter(),
+                               TorchAdapter(), *peers.PEERS, EveryBatchState(ours),
+                               EveryBatchState(peers.TORCHDATA)]
     return {a.name: a for a in adapters}
 
 
 ADAPTERS: dict[str, Adapter] = _registry()
-# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy;
-# ours-ray too: it starts a local Ray cluster (seconds, hundreds of MB)
-DEFAULT_LOADERS = ("ours", "torch", "torchdata", "grain", "spdl")
+# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy; the
+# -state probes run only on workloads that list them (tiny_state)
+# (each right after its loader, so that their reps run back to back); ours-ray is opt-in:
+# it starts a local Ray cluster (seconds, hundreds of MB)
+DEFAULT_LOADERS = ("ours", "ours-state", "torch", "torchdata", "torchdata-state", "grain",
+                   "spdl")

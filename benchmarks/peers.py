@@ -17,7 +17,7 @@ from typing import Any
 
 from .adapters import Adapter, TorchAdapter
 
-__all__ = ["PEERS"]
+__all__ = ["PEERS", "TORCHDATA"]
 
 
 def _missing(module: str) -> str | None:
@@ -96,4 +96,5 @@ class SpdlAdapter(Adapter):
             close()
 
 
-PEERS: list[Adapter] = [TorchdataAdapter(), GrainAdapter(), SpdlAdapter()]
+TORCHDATA = TorchdataAdapter()
+PEERS: list[Adapter] = [TORCHDATA, GrainAdapter(), SpdlAdapter()]

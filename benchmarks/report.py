@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from typing import Any
 
-__all__ = ["engine_overhead", "engine_overhead_lines", "format_table", "write_json",
-           "write_plot"]
+__all__ = ["engine_overhead", "engine_overhead_lines", "format_table", "state_overheads",
+           "write_json", "write_plot"]
 
 _ENGINES = ("ours", "ours-ray")  # (reference engine, other engine) compared per batch
 
@@ -112,6 +113,41 @@ def engine_overhead_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def state_overheads(rows: list[dict], runs: list[dict] | None = None) -> list[dict]:
+    """What calling ``state_dict()`` after every batch costs each loader: its ``-state``
+    runs against its plain runs of the same cell. Reps alternate loader by loader, so
+    rep i of both ran back to back; the figures are medians over those pairs (robust to
+    load that changes between reps), or of the rows' medians without the runs."""
+    by_key = {(r["workload"], r["loader"], r["num_workers"]): r for r in rows}
+    reps: dict[tuple, dict] = {}
+    for run in runs or ():
+        if not run.get("calibration") and run.get("samples_per_s") and not run.get("error"):
+            reps[(run["workload"], run["loader"], run["num_workers"], run.get("rep"))] = run
+    out = []
+    for (workload, name, workers), probe in sorted(by_key.items()):
+        if not name.endswith("-state"):
+            continue
+        plain = name[: -len("-state")]
+        base = by_key.get((workload, plain, workers))
+        if not base or not base.get("samples_per_s") or not probe.get("samples_per_s"):
+            continue
+        pairs = [(reps[(workload, plain, workers, rep)], run)
+                 for (w, n, k, rep), run in reps.items()
+                 if (w, n, k) == (workload, name, workers)
+                 and (workload, plain, workers, rep) in reps]
+        if not pairs:
+            pairs = [(base, probe)]
+        change = statistics.median(p["samples_per_s"] / b["samples_per_s"]
+                                   for b, p in pairs)
+        cpu = statistics.median((p.get("main_cpu_us_per_batch") or 0)
+                                - (b.get("main_cpu_us_per_batch") or 0) for b, p in pairs)
+        out.append({"workload": workload, "loader": plain, "num_workers": workers,
+                    "pairs": len(pairs), "throughput_change_pct": (change - 1) * 100,
+                    "main_cpu_us_per_batch": cpu,
+                    "main_cpu_us_per_batch_plain": base.get("main_cpu_us_per_batch")})
+    return out
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None or value == "":
         return "-" if fmt != "{}" else ""
@@ -139,6 +175,17 @@ def format_table(result: dict) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    overheads = result.get("state_overhead") or state_overheads(result["rows"])
+    if overheads:
+        lines += ["", "state_dict() after every batch: each -state run against the plain run "
+                      "next to it (median over the rep pairs):"]
+        for o in overheads:
+            plain_cpu = o.get("main_cpu_us_per_batch_plain")
+            lines.append(f"  {o['workload']} w={o['num_workers']} {o['loader']}: "
+                         f"samples/s {o['throughput_change_pct']:+.1f}%, main CPU "
+                         f"{o['main_cpu_us_per_batch']:+.1f} µs per batch"
+                         + (f" (of {plain_cpu:.0f})" if plain_cpu else "")
+                         + f", {o['pairs']} pair(s)")
     kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
     lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS"), ""]
     lines += [f"note: {n}" for n in result.get("notes", [])]

@@ -162,7 +162,7 @@ def plan(config: Config) -> tuple[list[Cell], list[Any], list[str]]:
 def _runs_in(cell: Cell, adapters: list[Any], config: Config) -> int:
     wl = cell.workload
     calibrate = wl.kind == "throughput" and config.batches is None
-    active = [a for a in adapters if not a.unsupported(
+    active = [a for a in adapters if a.applies(wl) and not a.unsupported(
         wl, cell.num_workers, cell.start_method, wl.kind == "warm_epochs")]
     return len(active) * (config.reps + (1 if calibrate else 0))
 
@@ -210,6 +210,8 @@ def _run_cell(cell: Cell, adapters: list[Any], config: Config, data: _Datasets,
     wl, results, failed = cell.workload, [], set()
     active = []
     for adapter in adapters:
+        if not adapter.applies(wl):
+            continue
         reason = adapter.unsupported(wl, cell.num_workers, cell.start_method,
                                      wl.kind == "warm_epochs")
         if reason:
@@ -292,9 +294,12 @@ def run_suite(config: Config) -> dict:
     progress.close()
     gc.unfreeze()
     leftover = [p.pid for p in worker_processes(before)]
+    rows = aggregate(results)
+    from .report import state_overheads
     return {
         "meta": _meta(config, started, time.monotonic() - t0),
-        "rows": aggregate(results),
+        "rows": rows,
+        "state_overhead": state_overheads(rows, results),
         "runs": results,
         "notes": notes + [a.note for a in adapters],
         "leftover_pids": leftover,

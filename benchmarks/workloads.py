@@ -189,6 +189,7 @@ class Workload:
     latency_s: float | None = None  # per-sample sleep, for the ideal-throughput column
     resizable: bool = True  # the dataset has a settable ``length`` (ours do; a user's not)
     start_methods: tuple = field(default=("fork",))
+    loaders: tuple | None = None  # only these loaders run it (None: every loader)
 
 
 def _map(cls: type) -> Callable[[str, int], Any]:
@@ -198,6 +199,9 @@ def _map(cls: type) -> Callable[[str, int], Any]:
 WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("tiny", "two numpy scalars per sample from in-memory arrays",
              _map(TinyDataset), 256),
+    Workload("tiny_state", "tiny, with loader.state_dict() after every batch (-state rows)",
+             _map(TinyDataset), 256,
+             loaders=("ours", "ours-state", "torch", "torchdata", "torchdata-state")),
     Workload("image", "3x224x224 uint8 images from a pool of 64, default collate",
              _map(ImageDataset), 64),
     Workload("image_npcollate", "the same images, numpy collate_fn (np.stack)",

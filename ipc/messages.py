@@ -34,9 +34,13 @@ class Release(NamedTuple):
 
 
 class Resume(NamedTuple):
-    """A new epoch on persistent workers: reseed from ``base_seed``, restart iteration."""
+    """A new epoch on persistent workers: reseed from ``base_seed``, restart iteration;
+    ``seed_epoch`` is the loader's epoch (per-batch seeding), ``restore`` where this
+    worker's replica starts (loader/state.py), None for the beginning."""
     epoch: int
     base_seed: int
+    seed_epoch: int = 0
+    restore: Any = None
 
 
 class Stop(NamedTuple):
@@ -56,6 +60,7 @@ class Result(NamedTuple):
     spans: tuple
     timing: tuple
     layout: Any = None  # the batch's layout tree (codec LAYOUT); else a payload frame follows
+    state: Any = None  # the replica's resume entry after this batch, when one was taken
 
 
 class Failure(NamedTuple):
@@ -70,10 +75,12 @@ class Failure(NamedTuple):
 
 
 class IterEnd(NamedTuple):
-    """The worker's replica of an IterableDataset is exhausted."""
+    """The worker's replica of an IterableDataset is exhausted; ``state`` is what it
+    leaves for a persistent worker's next epoch (a Stateful dataset's state)."""
     epoch: int
     batch_id: int
     worker_id: int
+    state: Any = None
 
 
 class BatchNote(NamedTuple):

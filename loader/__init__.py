@@ -9,7 +9,7 @@ are also subclasses of torch's (``loader/_torch_classes.py``).
 
 from loader.backends import RayBackend
 from loader.collate import default_collate, default_collate_fn_map, default_convert
-from loader.dataloader import DataLoader
+from loader.dataloader import DataLoader, StatefulDataLoader
 from loader.dataset import (
     ChainDataset,
     ConcatDataset,
@@ -30,6 +30,7 @@ from loader.sampler import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from loader.state import Stateful
 from loader.stats import LoaderStats
 from loader.tune import TuneResult, tune_num_workers
 from loader.worker_info import WorkerInfo, get_worker_info
@@ -47,6 +48,8 @@ __all__ = [
     "Sampler",
     "SequentialSampler",
     "StackDataset",
+    "Stateful",
+    "StatefulDataLoader",
     "StallWarning",
     "Subset",
     "SubsetRandomSampler",

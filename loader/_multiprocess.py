@@ -17,6 +17,10 @@
   warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
   stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
   batch order, to its replacement; each reply is accepted once, so the epoch is unchanged.
+- Every batch handed out (or raised, or left empty by skips) is reported to the epoch's
+  ``Progress`` (``loader/state.py``) with its position and the worker's replica entry, if
+  the batch carried one; a resumed epoch starts dispatching at its saved position, skips
+  positions already handed out, and continues the round robin at the saved next worker.
 - Shutdown: at the end of an epoch (unless persistent), on ``close()``, on garbage
   collection and on any worker death not healed, through the backend's ``shutdown``.
 """
@@ -42,12 +46,14 @@ _EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
 
 class _Pending:
-    """A dispatched task: its worker, and once it arrives out of order, its outcome."""
+    """A dispatched task: its worker, and once it arrives out of order, its outcome (and
+    the replica entry that came with it)."""
 
-    __slots__ = ("worker_id", "indices", "data", "arrived")
+    __slots__ = ("worker_id", "indices", "data", "arrived", "entry")
 
     def __init__(self, worker_id: int, indices: Any) -> None:
         self.worker_id, self.indices, self.data, self.arrived = worker_id, indices, None, False
+        self.entry = None
 
 
 class MultiProcessIter(HealingMixin, BaseIter):
@@ -68,7 +74,6 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._watch = StallWatch(loader.stall_warning_s)
         self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
         self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
-        self._first_seed = self._base_seed
         self._pool: WorkerBackend | None = None
         kind, engine_args = loader._backend_spec()
         self._pool = make_backend(
@@ -79,7 +84,9 @@ class MultiProcessIter(HealingMixin, BaseIter):
             base_seed=self._base_seed,
             slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
             thread_limit=_THREAD_LIMIT, on_error=loader.on_error,
-            track_state=self._heal.tracks_replicas)
+            track_state=self._heal.tracks_replicas, seeding=self._seeding,
+            seed_epoch=self._progress.epoch, snapshot_every=self._ledger.worker_every,
+            restore=self._restore)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork
@@ -104,26 +111,38 @@ class MultiProcessIter(HealingMixin, BaseIter):
 
     # ------------------------------------------------------------------ epochs
 
+    def _next_chain(self) -> tuple[int, int]:
+        """A persistent pool's later epochs derive their base seed from its first (torch
+        draws it once per pool: ``SeedSource.epoch_seed``); a resumed epoch goes on from
+        the chain its state recorded."""
+        first, epoch = self._progress.seed_chain
+        return first, epoch + 1
+
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
         n = self._num_workers
         self._recorder.start_epoch(n, self._pool.started_pids)
         self._buffered = 0
-        self._send_idx = 0
-        self._rcvd_idx = 0
+        self._send_idx = self._rcvd_idx = self._progress.low  # a resumed epoch's position
         self._task_info: dict[int, _Pending] = {}
         self._tasks_outstanding = 0
         self._workers_status = [k not in self._retired for k in range(n)]
         self._workers_num_tasks = [0] * n
-        self._next_worker = 0  # round robin restarts at worker 0 every epoch, as in torch
+        # round robin restarts at worker 0 every epoch, as in torch (a resumed epoch: at
+        # the worker after the one that made the last batch handed out)
+        plan = self._plan
+        self._next_worker = plan.state.get("next_worker", 0) % n \
+            if plan is not None and plan.mid else 0
         self._heal.new_epoch()
         self._notes.clear()
         self._skips.clear()
         if not first_iter:
             self._epoch += 1
-            self._base_seed = self._seed_source.epoch_seed(self._first_seed, self._epoch)
+            restore = self._restore or [None] * n
             for k in range(n):
-                self._pool.new_epoch(k, self._epoch, self._base_seed)
+                self._pool.new_epoch(k, self._epoch, self._base_seed,
+                                     seed_epoch=self._progress.epoch,
+                                     restore=restore[k] if k < len(restore) else None)
         for _ in range(self._prefetch_factor * n):
             self._try_put_index()
 
@@ -141,11 +160,12 @@ class MultiProcessIter(HealingMixin, BaseIter):
         worker_id = self._pick_worker(max_tasks)
         if worker_id is None:
             return  # every worker is inactive; the epoch is ending
-        self._pool.submit(worker_id, self._epoch, self._send_idx, index)
-        self._task_info[self._send_idx] = _Pending(worker_id, index)
+        pos = self._index_pos
+        self._pool.submit(worker_id, self._epoch, pos, index)
+        self._task_info[pos] = _Pending(worker_id, index)
         self._workers_num_tasks[worker_id] += 1
         self._tasks_outstanding += 1
-        self._send_idx += 1
+        self._send_idx = pos + 1
 
     def _pick_worker(self, max_tasks: int) -> int | None:
         active = max(1, sum(self._workers_status) - len(self._draining))
@@ -230,6 +250,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 if info is not None and (info.arrived or self._workers_status[info.worker_id]):
                     break
                 self._task_info.pop(self._rcvd_idx, None)
+                self._progress.consume(self._rcvd_idx)  # its replica ended: never handed out
                 self._rcvd_idx += 1
             else:
                 if not self._persistent:
@@ -241,7 +262,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 self._buffered -= 1
                 del self._task_info[self._rcvd_idx]
                 self._rcvd_idx += 1
-                return self._process(info.data, info.worker_id, self._rcvd_idx - 1)
+                return self._process(info.data, info.worker_id, self._rcvd_idx - 1,
+                                     info.entry)
 
             message, batch = self._get_data()
             if message.epoch != self._epoch:
@@ -256,23 +278,27 @@ class MultiProcessIter(HealingMixin, BaseIter):
             if kind is IterEnd:
                 self._workers_status[message.worker_id] = False
                 self._task_info.pop(message.batch_id, None)
+                self._progress.replica_ended(message.worker_id, message.state)
                 self._try_put_index()
                 continue
-            outcome = batch if kind is Result else _EMPTY if kind is EmptyBatch else message
+            if kind is Result:
+                outcome, entry = batch, message.state
+            else:
+                outcome, entry = (_EMPTY if kind is EmptyBatch else message), None
             idx = message.batch_id
             if idx != self._rcvd_idx:
                 if self._in_order:
                     pending = self._task_info[idx]
-                    pending.data, pending.arrived = outcome, True
+                    pending.data, pending.arrived, pending.entry = outcome, True, entry
                     self._buffered += 1
                     continue
                 del self._task_info[idx]
-                return self._process(outcome, message.worker_id, idx)
+                return self._process(outcome, message.worker_id, idx, entry)
             del self._task_info[idx]
             self._rcvd_idx += 1
-            return self._process(outcome, message.worker_id, idx)
+            return self._process(outcome, message.worker_id, idx, entry)
 
-    def _process(self, data: Any, worker_id: int, batch_id: int) -> Any:
+    def _process(self, data: Any, worker_id: int, batch_id: int, entry: Any = None) -> Any:
         self._workers_num_tasks[worker_id] -= 1
         if self._skips:
             skipped = self._skips.pop(batch_id, None)
@@ -288,8 +314,11 @@ class MultiProcessIter(HealingMixin, BaseIter):
             self._autotune.observe(self)
             self._recorder.autotune = self._autotune.report(self._active_workers())
         if type(data) is Failure:
+            self._progress.hand_out(batch_id, worker_id, made=False)
             raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
                                     data.indices, data.text)
+        # an empty batch (every sample skipped) is not handed out, but its replica moved on
+        self._progress.hand_out(batch_id, worker_id, entry)
         return data
 
     # ------------------------------------------------------------------ resizing

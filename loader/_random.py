@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from loader._rng_state import capture_generator, capture_torch_global, restore_generator
+
 __all__ = ["SeedSource", "as_source", "draw_seed", "torch_view"]
 
 _SEED_BOUND = 1 << 63  # seeds are non-negative int64, like torch's ``random_()`` draw
@@ -110,6 +112,76 @@ class SeedSource:
         if self._kind == "numpy":
             return self._rng
         return np.random.default_rng(self.seed())
+
+    # ------------------------------------------------------------------ resume
+
+    @property
+    def kind(self) -> str:
+        """Where draws come from: "numpy", "torch" (a private generator) or "global"."""
+        return self._kind
+
+    def state(self) -> dict | None:
+        """The JSON-safe state of a private generator (numpy's or torch's); None for the
+        global RNGs, which belong to the user (who restores them, if at all)."""
+        if self._kind == "numpy":
+            return capture_generator(self._rng)
+        if self._kind == "torch":
+            return capture_generator(self._torch_gen)
+        return None
+
+    def set_state(self, state: dict | None) -> None:
+        """Put the private generator back into a :meth:`state`; None changes nothing."""
+        if state is None:
+            return
+        if self._kind == "global":
+            raise ValueError(
+                "Cannot load this state: generator is a seeded generator in the state but "
+                "None (the global RNG) in this loader")
+        restore_generator(self._rng if self._kind == "numpy" else self._torch_gen, state)
+
+    def begin_pass(self, replay: dict | None = None, direct: bool = False) -> tuple[Any, dict]:
+        """What one sampler pass draws from, and a JSON-safe record that replays the pass.
+
+        The draw is a numpy Generator or a torch.Generator (the sampler draws numpy's or
+        torch's way accordingly), or None: torch's global RNG, drawn from directly (only
+        with ``direct``, as torch's SubsetRandomSampler and WeightedRandomSampler do). The
+        record of a private generator is its state before the pass (a replay also leaves
+        it where the pass left it, for the passes after); that of the global RNG is the
+        seed drawn for the pass, or with ``direct`` torch's global state before it (the
+        caller swaps it in around its draw, so a replay never moves the user's RNG).
+        """
+        if replay is not None:
+            if replay.get("seed") is not None:
+                seed = replay["seed"]
+                return (_seeded_torch(seed) if replay.get("torch") else
+                        np.random.default_rng(seed)), replay
+            if replay.get("source") is not None:
+                self.set_state(replay["source"])
+                return self._private(), replay
+            if replay.get("torch_rng") is not None:
+                return None, replay
+        if self._kind != "global":
+            record = {"seed": None, "source": self.state()}  # before the pass draws anything
+            return self._private(), record
+        if "torch" in sys.modules:
+            if direct:
+                return None, {"seed": None, "source": None, "torch_rng": capture_torch_global()}
+            seed = self.seed()  # torch's RandomSampler: one draw seeds the pass's generator
+            return _seeded_torch(seed), {"seed": seed, "torch": True, "source": None}
+        seed = self.seed()
+        return np.random.default_rng(seed), {"seed": seed, "torch": False, "source": None}
+
+    def _private(self) -> Any:
+        return self._rng if self._kind == "numpy" else self._torch_gen
+
+
+def _seeded_torch(seed: int) -> Any:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        import torch  # a state recorded with torch's draws replays them
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
 
 
 def as_source(generator: Any) -> SeedSource:

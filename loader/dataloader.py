@@ -4,6 +4,8 @@ Construction validates the arguments in torch's order with torch's messages, bui
 default sampler and batch sampler, and freezes the attributes torch freezes. Iteration
 returns a :class:`~loader.iterators.SingleProcessIter` or, with workers, a
 ``MultiProcessIter``; with ``persistent_workers`` the same iterator is reset every epoch.
+Every ``iter()`` opens an epoch in the loader's resume ledger (``loader/state.py``), which
+``state_dict()`` reads and ``load_state_dict()`` prepares.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
 from loader.sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler
+from loader.state import Ledger
 from loader.stats import LoaderStats, Recorder
 from loader.workers.fetch import ON_ERROR
+from loader.workers.seeding import SEEDINGS
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "StatefulDataLoader"]
 
 T_co = TypeVar("T_co", covariant=True)
 TCollated = TypeVar("TCollated")
@@ -101,6 +105,14 @@ class DataLoader(TorchNamesake, Generic[T_co]):
     ``torch.Generator`` (an int or numpy one is shown as a stand-in that a rebuilt loader
     maps back to the original stream), ``multiprocessing_context`` a standard-library
     context, ``num_workers`` an int (:class:`~loader.autotune.AutoWorkers` under "auto").
+
+    Resume, with torchdata's ``StatefulDataLoader`` API: :meth:`state_dict` and
+    :meth:`load_state_dict`, ``snapshot_every_n_steps`` (how often a user's Stateful
+    sampler or IterableDataset is asked for its state; 0 or None: never), and
+    ``seeding``: "per_worker" (torch's: each worker seeds its RNGs once per epoch) or
+    "per_batch" (before every batch, from the base seed, the epoch and the batch's
+    position, so random augmentations do not depend on ``num_workers`` and a resume
+    repeats them exactly).
     """
 
     __initialized = False
@@ -129,6 +141,8 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         stall_warning_s: float = 60,
         worker_restarts: int = 0,
         on_error: str = "raise",
+        snapshot_every_n_steps: int | None = 1,
+        seeding: str = "per_worker",
         worker_backend: Any = None,
     ) -> None:
         autotune = num_workers == "auto" or isinstance(num_workers, AutoWorkers)
@@ -156,6 +170,12 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         _check_healing(stall_warning_s, worker_restarts, on_error, num_workers)
         self._backend_kind, self._ray_options = resolve_backend(
             worker_backend, "auto" if autotune else num_workers, multiprocessing_context)
+        if seeding not in SEEDINGS:
+            raise ValueError(f"seeding should be one of {SEEDINGS!r}, but got {seeding!r}")
+        if snapshot_every_n_steps is not None and (
+                not isinstance(snapshot_every_n_steps, int) or snapshot_every_n_steps < 0):
+            raise ValueError("snapshot_every_n_steps should be a non-negative int or None, "
+                             f"but got {snapshot_every_n_steps!r}")
 
         self.dataset = dataset
         self.num_workers = num_workers
@@ -233,12 +253,16 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         self.collate_fn = collate_fn
         self.persistent_workers = persistent_workers
         self.output = output
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.seeding = seeding
 
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None
         self._iterator: BaseIter | None = None
         self._recorder = Recorder()
-        self._autotuner = AutoTuner(num_workers, resizable=not self._dataset_kind_iterable) \
+        self._ledger = Ledger(self)
+        # per-worker resume state (an IterableDataset, a Stateful dataset) pins the count
+        self._autotuner = AutoTuner(num_workers, resizable=not self._ledger.per_worker) \
             if autotune else None
         self.check_worker_number_rationality()
 
@@ -317,6 +341,9 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         return MultiProcessIter(self)
 
     def __iter__(self) -> BaseIter:
+        if self._autotuner is not None:
+            self.num_workers = AutoWorkers(self._autotuner.current)
+        self._ledger.begin()
         if self.persistent_workers and self.num_workers > 0:
             if self._iterator is None:
                 self._iterator = self._get_iterator()
@@ -370,3 +397,41 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         if self._backend_kind == "ray":
             from loader.workers import ray_session  # imports no Ray
             ray_session.leave(self)
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader stands: after the last batch handed out by its latest
+        iterator (prefetched batches do not count), a plain dict that survives
+        ``json.dumps``. Before the first ``iter()`` it describes the first epoch's
+        start; after an epoch's last batch *and* its end (``StopIteration``), the next
+        epoch's start. Starts no worker; costs about a microsecond. States taken within
+        one epoch share their unchanging nested parts: ``copy.deepcopy`` one before
+        changing it in place.
+        """
+        return self._ledger.state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from ``state_dict`` on the next ``iter()`` (once); ``{}`` does nothing.
+
+        The generators and samplers are put back now (so a ``sampler.set_epoch`` after
+        this call still decides the next epoch), the position on the next ``iter()``.
+        Any ``num_workers`` may resume a map-style state. Per-worker states (an
+        IterableDataset, a Stateful map-style dataset) need the same number of workers
+        (0 and 1 count as one), unless the dataset has a method
+        ``reshard_state(states, num_workers) -> list``: it gets one dict per saved
+        replica (``dataset``, ``iterator``: their saved states or None; ``batches``:
+        batches that replica handed out this epoch; ``batches_since_state``: those made
+        after its state was taken) and returns ``num_workers`` dicts (``dataset``,
+        ``iterator``) that the new replicas load before (dataset) and after
+        (iterator) ``iter(dataset)``.
+
+        Raises ValueError naming the field when the state does not fit this loader
+        (dataset length, batch size, sampler, seeding, worker count, version...).
+        """
+        if isinstance(state_dict, dict) and not state_dict:
+            return
+        self._ledger.load(state_dict)
+
+
+StatefulDataLoader = DataLoader  # torchdata's name for a DataLoader with state_dict()

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .sampler import Sampler
+from .sampler import Sampler, _Resumable
 
 __all__ = ["DistributedSampler"]
 
@@ -57,7 +57,7 @@ def _from_environment(variable: str) -> int:
     return int(value)
 
 
-class DistributedSampler(Sampler[_T_co]):
+class DistributedSampler(_Resumable, Sampler[_T_co]):
     """The indices of ``dataset`` that belong to replica ``rank`` of ``num_replicas``.
 
     ``num_replicas`` and ``rank`` default to the initialized ``torch.distributed`` process
@@ -98,9 +98,12 @@ class DistributedSampler(Sampler[_T_co]):
         self.seed = seed
 
     def __iter__(self) -> Iterator[_T_co]:
+        replay, skip = self._take_replay()
+        epoch = self.epoch if replay is None else replay["epoch"]
+        self._pass_record = {"epoch": epoch}
         n = len(self.dataset)
         if self.shuffle:
-            indices = _permutation(n, self.seed + self.epoch)
+            indices = _permutation(n, self.seed + epoch)
         else:
             indices = list(range(n))
         if self.drop_last:
@@ -112,7 +115,8 @@ class DistributedSampler(Sampler[_T_co]):
             raise AssertionError(
                 f"Number of indices ({len(indices)}) does not match total_size ({self.total_size})"
             )
-        return iter(indices[self.rank : self.total_size : self.num_replicas])
+        start = self.rank + skip * self.num_replicas
+        return iter(indices[start : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -120,3 +124,16 @@ class DistributedSampler(Sampler[_T_co]):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch, which reseeds the shuffle of the next pass on every replica."""
         self.epoch = epoch
+
+    # resume (sampler.py's _Resumable): the epoch is state, the rest must agree
+    def _resume_config(self) -> dict:
+        return {"num_replicas": self.num_replicas, "rank": self.rank, "shuffle": self.shuffle,
+                "seed": self.seed, "drop_last": self.drop_last,
+                "num_samples": self.num_samples}
+
+    def _current_record(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+        self.epoch = state["epoch"]

@@ -1,10 +1,16 @@
 """The iterator protocol shared by both engines, and the single-process engine.
 
 ``iter(loader)`` returns a :class:`SingleProcessIter` (``num_workers=0``) or a
-``MultiProcessIter`` (``loader/_multiprocess.py``). Both draw ``base_seed`` first and the
-sampler's seed second, count what they yield for the IterableDataset over-length warning,
-and hand the batch through the same output step (torch tensors, pinning). With
-``on_error="skip"`` both list skipped samples in ``stats()`` and warn once per epoch.
+``MultiProcessIter`` (``loader/_multiprocess.py``). Both open the sampler, draw
+``base_seed`` and then the sampler's first index (through the loader's resume ledger,
+``loader/state.py``, which may replay a saved pass up to its position), count what they
+yield for the IterableDataset over-length warning, report every batch handed out to the
+epoch's ``Progress`` and hand the batch through the same output step (torch tensors,
+pinning). With ``on_error="skip"`` both list skipped samples in ``stats()`` and warn once
+per epoch.
+
+Every drawn batch has a position in its epoch's sampler order (``_index_pos``); a resume
+with ``in_order=False`` skips the positions already handed out.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from typing import Any
 from loader import _output
 from loader._random import as_source
 from loader.collate import for_loader
+from loader.state import warn_replay
 from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.seeding import BatchSeeder
 
 __all__ = ["BaseIter", "SingleProcessIter"]
 
@@ -45,20 +53,50 @@ class BaseIter:
         if loader.pin_memory and not _output.pin_available():
             _output.warn_no_pin()
         self._pin = bool(loader.pin_memory and self._output == "torch" and _output.pin_available())
-        self._sampler_iter = iter(self._index_sampler)
-        self._base_seed = self._seed_source.seed()
-        self._num_yielded = 0
         self._recorder = loader._recorder
         self._waited = 0.0  # seconds this next() spent blocked on workers
         self._on_error = loader.on_error
         self._skips_told = False  # the epoch's skip warning was given
+        self._ledger = loader._ledger
+        self._seeding = loader.seeding
+        self._index_template = [None] * loader.batch_size if self._auto_collation and \
+            loader.batch_size is not None else None
+        self._begin()
 
     def __iter__(self) -> "BaseIter":
         return self
 
+    def _begin(self, chain: tuple[int, int] | None = None) -> None:
+        """Open this epoch (``DataLoader.__iter__`` made its Progress): the sampler,
+        positioned where a loaded state left it, and ``base_seed`` (drawn, or with
+        ``chain`` = (first seed, epoch) derived, as a persistent pool's later epochs are)."""
+        ledger = self._ledger
+        self._progress, self._plan = ep, plan = ledger.take_opening()
+        self._sampler_iter, self._base_seed, fresh_pass = \
+            ledger.start(ep, plan, self._seed_source, chain)
+        self._draw_pos = ep.low  # position of the next index drawn
+        self._index_pos = ep.low  # position of the index drawn last
+        self._skip = set(ep.above)  # positions handed out already (in_order=False)
+        self._first_draw = fresh_pass
+        ep.pass_begun = not fresh_pass
+        self._stateful_sampler = ledger.track.kind == "stateful"
+        self._draw_hooks = fresh_pass or bool(self._skip) or self._stateful_sampler
+        # batches handed out so far this epoch (an iterable's positions also count the
+        # tasks its ended replicas never answered)
+        self._num_yielded = sum(ep.handed) if self._iterable and ep.handed else ep.low
+        self._restore = ledger.restore_for(plan, self._index_template)
+        if self._restore:
+            counts = [r["discard"] for r in self._restore
+                      if r is not None and r.get("entry") is None and r.get("discard")]
+            warn_replay(counts, ledger.every)
+
+    def _next_chain(self) -> tuple[int, int] | None:
+        """How the next epoch of this iterator gets its base seed: None, drawn."""
+        return None
+
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        self._sampler_iter = iter(self._index_sampler)
-        self._num_yielded = 0
+        if not first_iter:
+            self._begin(self._next_chain())
         self._len_called = loader._IterableDataset_len_called
         self._skips_told = False
 
@@ -71,7 +109,37 @@ class BaseIter:
         return self._recorder.snapshot(self._num_workers)
 
     def _next_index(self) -> Any:
-        return next(self._sampler_iter)  # StopIteration ends the epoch
+        if self._draw_hooks:
+            return self._hooked_index()
+        index = next(self._sampler_iter)  # StopIteration ends the epoch
+        pos = self._draw_pos
+        self._index_pos = pos
+        self._draw_pos = pos + 1
+        return index
+
+    def _hooked_index(self) -> Any:
+        """``_next_index`` with the resume bookkeeping that only some draws need: the
+        pass's first draw, a Stateful sampler's snapshots, positions to skip."""
+        track, ep = self._ledger.track, self._progress
+        while True:
+            first = self._first_draw
+            if first:
+                track.before_first_draw(ep)
+            index = next(self._sampler_iter)
+            if first:
+                self._first_draw = False
+                track.after_first_draw(ep)
+                ep.pass_begun = True
+            pos = self._draw_pos
+            self._draw_pos = pos + 1
+            if self._stateful_sampler:
+                track.drawn(ep, pos + 1)
+            if pos not in self._skip:
+                break
+            self._skip.discard(pos)
+        self._index_pos = pos
+        self._draw_hooks = bool(self._skip) or self._stateful_sampler
+        return index
 
     def _next_data(self) -> Any:
         raise NotImplementedError
@@ -100,6 +168,7 @@ class BaseIter:
         try:
             data = self._next_data()
         except StopIteration:
+            self._progress.finished = True
             self._tell_skips()
             raise
         self._recorder.left(entered, self._waited, *self._queue_depths())
@@ -140,17 +209,27 @@ class SingleProcessIter(BaseIter):
         super().__init__(loader)
         if self._timeout != 0:
             raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
+        seeder = BatchSeeder(self._base_seed, self._progress.epoch, None,
+                             keep_user_state=True) if self._seeding == "per_batch" else None
+        per_worker = self._ledger.per_worker
         self._fetcher = make_fetcher(self._iterable, self._dataset, self._auto_collation,
-                                     self._collate_fn, self._drop_last, self._on_error)
+                                     self._collate_fn, self._drop_last, self._on_error,
+                                     seeder=seeder,
+                                     restore=self._restore[0] if self._restore else None,
+                                     track=per_worker, copy_state=True)
+        if per_worker:
+            self._progress.inline = self._fetcher
         self._recorder.start_epoch(0, [])
 
     def _next_data(self) -> Any:
-        fetcher = self._fetcher
+        fetcher, progress = self._fetcher, self._progress
         while True:
             index = self._next_index()
+            pos = self._index_pos
             try:
-                data = fetcher.fetch(index)
+                data = fetcher.fetch(index, pos)
             except BatchSkipped as exc:  # every sample raised: on to the next batch
+                progress.hand_out(pos, 0)  # its replica moved on; nothing to hand out
                 self._recorder.skip(self._skip_items(0, exc.skipped))
                 continue
             except StopIteration:
@@ -158,6 +237,10 @@ class SingleProcessIter(BaseIter):
                     self._recorder.skip(self._skip_items(0, fetcher.skipped))
                     fetcher.skipped = []
                 raise
+            except Exception:
+                progress.hand_out(pos, 0, made=False)
+                raise
+            progress.hand_out(pos, 0)
             if fetcher.skipped:
                 self._recorder.skip(self._skip_items(0, fetcher.skipped))
             self._recorder.main_fetch(fetcher.count)

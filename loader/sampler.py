@@ -12,6 +12,12 @@ draws through :func:`loader._random.as_source`:
   generator per pass; a seeded sampler repeats across runs while changing per epoch.
 
 All samplers yield Python ints.
+
+Every sampler here also takes part in a loader's resume (``loader/state.py``) through
+:class:`_Resumable`: it remembers how its latest pass began (a JSON-safe record, taken
+once per pass: a generator's state, the seed drawn for the pass, or torch's global RNG
+state) and can repeat a recorded pass from any item on, drawing nothing else; so the
+loader's state holds a sampler's position as (pass record, items consumed).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from ._random import SeedSource, as_source
+from ._rng_state import restore_torch_global
 from ._torch_classes import TorchNamesake
 
 __all__ = [
@@ -69,31 +76,127 @@ class _Seeded:
         return self._source
 
 
+class _Resumable:
+    """The resume protocol of our samplers (used by ``loader/_sampler_state.py``).
+
+    - ``_resume_state(current)``: with ``current`` the state the *next* pass starts
+      from (generators and epoch as they are now), else the record of the latest pass
+      (None before the first); both carry ``config``, the facts a state must agree on.
+    - ``_resume_restore(state)``: put generators and epoch back as ``state`` has them.
+    - ``_resume_replay(state, skip)``: the next pass repeats the recorded one, starting
+      after its first ``skip`` items (nothing is drawn for the skipped ones twice).
+
+    A subclass that overrides ``__iter__`` is no longer ours: the loader then replays it.
+    """
+
+    _pass_record: dict | None = None
+    _replay: tuple | None = None
+
+    def _resume_config(self) -> dict:
+        return {}
+
+    def _current_record(self) -> dict:
+        return {}
+
+    def _resume_state(self, current: bool) -> dict | None:
+        record = self._current_record() if current else self._pass_record
+        if record is None:
+            return None
+        return {"config": self._resume_config(), **record}
+
+    def _resume_check(self, state: dict) -> None:
+        mine = self._resume_config()
+        theirs = state.get("config", {})
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                raise ValueError(
+                    f"Cannot load this state: sampler.{key} is {theirs.get(key)!r} in the "
+                    f"state but {mine.get(key)!r} in this loader "
+                    f"({type(self).__name__})")
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+
+    def _resume_replay(self, state: dict, skip: int) -> None:
+        self._replay = (state, skip)
+
+    def _take_replay(self) -> tuple[dict | None, int]:
+        replay, self._replay = self._replay, None
+        return replay if replay is not None else (None, 0)
+
+
+def _skip_items(chunks: Iterable[list], skip: int) -> Iterator:
+    """The items of ``chunks`` (lists) after the first ``skip``."""
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        yield from chunk[skip:] if skip else chunk
+        skip = 0
+
+
+class _SourcePasses(_Resumable):
+    """A sampler drawing each pass from its ``generator``: records and replays passes."""
+
+    def _current_record(self) -> dict:
+        return {"seed": None, "source": self._pass_source().state()}
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+        if state.get("source") is not None:
+            self._pass_source().set_state(state["source"])
+
+    def _passes(self, chunks_of: Any, direct: bool = False) -> Iterator:
+        """One pass of ``chunks_of(draw)`` (lists of items; ``draw`` as
+        ``SeedSource.begin_pass`` gives it), recorded, or replayed from the armed record."""
+        replay, skip = self._take_replay()
+        draw, self._pass_record = self._pass_source().begin_pass(replay, direct)
+        swapped = None
+        if draw is None and replay is not None:  # torch's global RNG, as the pass found it
+            swapped = restore_torch_global(replay["torch_rng"])
+        try:
+            chunks = chunks_of(draw)
+            first = next(chunks, None)  # the draws happen here (all, for one-call passes)
+        finally:
+            if swapped is not None:
+                restore_torch_global(swapped)
+        if first is None:
+            return
+        chunks = itertools.chain((first,), chunks)
+        if skip:
+            yield from _skip_items(chunks, skip)
+            return
+        for chunk in chunks:
+            yield from chunk
+
+
 def _torch_module() -> Any:
     import torch  # only reached when the source follows torch: torch is loaded
     return torch
 
 
-def _torch_random_indices(n: int, total: int, replacement: bool, generator: Any):
-    """torch's RandomSampler draws, call for call; ``generator`` None: a fresh one seeded
-    from torch's global RNG, as torch does."""
+def _torch_random_chunks(n: int, total: int, replacement: bool, generator: Any):
+    """torch's RandomSampler draws, call for call, as lists (``generator``: the pass's,
+    from ``SeedSource.begin_pass``; for none, torch seeds a fresh one from its global RNG
+    and so does ``begin_pass``)."""
     torch = _torch_module()
-    if generator is None:
-        generator = torch.Generator()
-        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
     if replacement:
         for _ in range(total // _TORCH_CHUNK):
-            yield from torch.randint(high=n, size=(_TORCH_CHUNK,), dtype=torch.int64,
-                                     generator=generator).tolist()
-        yield from torch.randint(high=n, size=(total % _TORCH_CHUNK,), dtype=torch.int64,
-                                 generator=generator).tolist()
+            yield torch.randint(high=n, size=(_TORCH_CHUNK,), dtype=torch.int64,
+                                generator=generator).tolist()
+        yield torch.randint(high=n, size=(total % _TORCH_CHUNK,), dtype=torch.int64,
+                            generator=generator).tolist()
         return
     for _ in range(total // n):
-        yield from torch.randperm(n, generator=generator).tolist()
-    yield from torch.randperm(n, generator=generator).tolist()[: total % n]  # drawn even if empty
+        yield torch.randperm(n, generator=generator).tolist()
+    yield torch.randperm(n, generator=generator).tolist()[: total % n]  # drawn even if empty
 
 
-class SequentialSampler(Sampler[int]):
+def _is_numpy(draw: Any) -> bool:
+    return isinstance(draw, np.random.Generator)
+
+
+class SequentialSampler(_Resumable, Sampler[int]):
     """``0, 1, ..., len(data_source) - 1``, with the length read at each pass."""
 
     data_source: Sized
@@ -102,13 +205,15 @@ class SequentialSampler(Sampler[int]):
         self.data_source = data_source
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(len(self.data_source)))
+        _, skip = self._take_replay()
+        self._pass_record = {}
+        return iter(range(skip, len(self.data_source)))
 
     def __len__(self) -> int:
         return len(self.data_source)
 
 
-class RandomSampler(_Seeded, Sampler[int]):
+class RandomSampler(_Seeded, _SourcePasses, Sampler[int]):
     """Random indices into ``data_source``.
 
     Without replacement it yields ``num_samples // n`` full permutations and then the
@@ -148,27 +253,32 @@ class RandomSampler(_Seeded, Sampler[int]):
         return self._num_samples
 
     def __iter__(self) -> Iterator[int]:
+        return self._passes(self._chunks)
+
+    def _chunks(self, draw: Any) -> Iterator[list]:
         n = len(self.data_source)
         total = self.num_samples
-        source = self._pass_source()
-        if source.follows_torch:
-            yield from _torch_random_indices(n, total, self.replacement, source.torch_generator)
+        if not _is_numpy(draw):
+            yield from _torch_random_chunks(n, total, self.replacement, draw)
             return
-        rng = source.numpy()
+        rng = draw
         if self.replacement:
             for start in range(0, total, _DRAW_CHUNK):
-                yield from rng.integers(0, n, size=min(_DRAW_CHUNK, total - start)).tolist()
+                yield rng.integers(0, n, size=min(_DRAW_CHUNK, total - start)).tolist()
             return
         for _ in range(total // n):
-            yield from rng.permutation(n).tolist()
+            yield rng.permutation(n).tolist()
         if total % n:
-            yield from rng.permutation(n)[: total % n].tolist()
+            yield rng.permutation(n)[: total % n].tolist()
+
+    def _resume_config(self) -> dict:
+        return {"replacement": self.replacement, "num_samples": self.num_samples}
 
     def __len__(self) -> int:
         return self.num_samples
 
 
-class SubsetRandomSampler(_Seeded, Sampler[int]):
+class SubsetRandomSampler(_Seeded, _SourcePasses, Sampler[int]):
     """The elements of ``indices`` in a random order, each once per pass."""
 
     indices: Sequence[int]
@@ -178,23 +288,27 @@ class SubsetRandomSampler(_Seeded, Sampler[int]):
         self._seed_from(generator)
 
     def __iter__(self) -> Iterator[int]:
-        source = self._pass_source()
-        if source.follows_torch:
-            order = _torch_module().randperm(len(self.indices), generator=source.torch_generator)
-            order = order.numpy()
-        else:
-            order = source.numpy().permutation(len(self.indices))
+        return self._passes(self._chunks, direct=True)
+
+    def _resume_config(self) -> dict:
+        return {"num_samples": len(self.indices)}
+
+    def _chunks(self, draw: Any) -> Iterator[list]:
+        if _is_numpy(draw):
+            order = draw.permutation(len(self.indices))
+        else:  # torch's draw: on the pass's generator, or (None) torch's global RNG
+            order = _torch_module().randperm(len(self.indices), generator=draw).numpy()
         if isinstance(self.indices, np.ndarray):
-            yield from self.indices[order].tolist()
+            yield self.indices[order].tolist()
         else:
-            for i in order.tolist():
-                yield self.indices[i]
+            indices = self.indices
+            yield [indices[i] for i in order.tolist()]
 
     def __len__(self) -> int:
         return len(self.indices)
 
 
-class WeightedRandomSampler(_Seeded, Sampler[int]):
+class WeightedRandomSampler(_Seeded, _SourcePasses, Sampler[int]):
     """``num_samples`` indices into ``weights``, index ``i`` with probability ∝ ``weights[i]``.
 
     Weights are checked when a pass starts, with torch's ``multinomial`` messages. With
@@ -238,16 +352,22 @@ class WeightedRandomSampler(_Seeded, Sampler[int]):
         source = self._pass_source()
         weights = np.asarray(self.weights, dtype=np.float64)
         p = _probabilities(weights)  # torch's messages (and a clear one for no weights)
-        if source.follows_torch:
-            yield from _torch_module().multinomial(
-                _torch_module().as_tensor(weights), self.num_samples, self.replacement,
-                generator=source.torch_generator).tolist()
-            return
-        if not self.replacement:
+        if not self.replacement and not source.follows_torch:
             _check_enough_weights(p, self.num_samples)
-        rng = source.numpy()
-        draws = rng.choice(len(p), size=self.num_samples, replace=self.replacement, p=p)
-        yield from draws.tolist()
+        yield from self._passes(lambda draw: self._chunks(draw, weights, p), direct=True)
+
+    def _chunks(self, draw: Any, weights: np.ndarray, p: np.ndarray) -> Iterator[list]:
+        if not _is_numpy(draw):  # torch's multinomial: the pass's generator, or the global
+            torch = _torch_module()
+            yield torch.multinomial(torch.as_tensor(weights), self.num_samples,
+                                    self.replacement, generator=draw).tolist()
+            return
+        yield draw.choice(len(p), size=self.num_samples, replace=self.replacement,
+                          p=p).tolist()
+
+    def _resume_config(self) -> dict:
+        return {"num_samples": self.num_samples, "replacement": self.replacement,
+                "weights": len(self.weights)}
 
     def __len__(self) -> int:
         return self.num_samples
@@ -283,7 +403,7 @@ def _check_enough_weights(p: np.ndarray, num_samples: int) -> None:
 _END = object()  # pads the last batch inside zip_longest; never a real index
 
 
-class BatchSampler(Sampler[list[int]]):
+class BatchSampler(_Resumable, Sampler[list[int]]):
     """Groups the indices of ``sampler`` (any iterable) into lists of ``batch_size``.
 
     The last, shorter batch is kept unless ``drop_last``. ``len()`` needs ``len(sampler)``.
@@ -321,3 +441,23 @@ class BatchSampler(Sampler[list[int]]):
         if self.drop_last:
             return len(self.sampler) // self.batch_size
         return (len(self.sampler) + self.batch_size - 1) // self.batch_size
+
+    # The resume protocol for a BatchSampler over one of our samplers: a batch position
+    # is ``batch_size`` items of the inner sampler (loader/_sampler_state.py checks
+    # that the inner sampler is ours before using these).
+
+    def _resume_config(self) -> dict:
+        return {"batch_size": self.batch_size, "drop_last": self.drop_last}
+
+    def _resume_state(self, current: bool) -> dict | None:
+        inner = self.sampler._resume_state(current)
+        if inner is None:
+            return None
+        return {"config": self._resume_config(), "sampler": inner}
+
+    def _resume_restore(self, state: dict) -> None:
+        self._resume_check(state)
+        self.sampler._resume_restore(state["sampler"])
+
+    def _resume_replay(self, state: dict, skip: int) -> None:
+        self.sampler._resume_replay(state["sampler"], skip * self.batch_size)

@@ -55,7 +55,8 @@ def test_quick_suite(tmp_path):
 
 
 def test_user_dataset_factory(tmp_path):
-    _, result = _bench(tmp_path, "--dataset", "bench_factory:factory", "--workers", "0,2")
+    _, result = _bench(tmp_path, "--dataset", "bench_factory:factory", "--workers", "0,2",
+                       "--loaders", "ours,torch")
     rows = result["rows"]
     assert {r["workload"] for r in rows} == {"dataset:bench_factory:factory"}
     for loader in ("ours", "torch"):
@@ -85,3 +86,18 @@ def test_ray_engine_against_the_local_one(tmp_path):
     assert ray_row["worker_cpu_us_per_batch"] > 0  # the actors are counted as its workers
     assert "engine overhead: ours-ray vs ours on tiny w=2:" in proc.stdout
     assert result["leftover_pids"] == []
+
+
+def test_state_dict_probe(tmp_path):
+    """tiny_state runs ours with and without state_dict() after every batch and reports
+    the difference (torchdata's too when it is installed)."""
+    proc, result = _bench(tmp_path, "--workloads", "tiny_state", "--loaders",
+                          "ours,ours-state,torchdata,torchdata-state", "--workers", "0")
+    loaders = {r["loader"] for r in result["rows"]}
+    assert loaders == {"ours", "ours-state", "torchdata", "torchdata-state"}
+    overhead = {o["loader"]: o for o in result["state_overhead"]}
+    assert set(overhead) == {"ours", "torchdata"}
+    assert "state_dict() after every batch" in proc.stdout
+    _, plain = _bench(tmp_path, "--workloads", "tiny", "--loaders", "ours,ours-state",
+                      "--workers", "0")
+    assert {r["loader"] for r in plain["rows"]} == {"ours"}  # probes run where asked

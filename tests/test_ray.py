@@ -192,6 +192,40 @@ def test_iterable_replicas_per_actor_match(ray_cluster):
     assert epochs(remote) == epochs(local)
 
 
+def test_per_batch_seeding_matches_local_at_any_worker_count(ray_cluster):
+    kwargs = dict(batch_size=5, shuffle=True, seeding="per_batch", generator=6)
+    draws = []
+    for num_workers in (1, 3):
+        local, remote = pair(rd.Images(30), num_workers=num_workers, **kwargs)
+        ours = epochs(remote)
+        assert ours == epochs(local)
+        draws.append(without(ours, "wid", "seed", "init"))
+    assert draws[0] == draws[1]  # every RNG's draws depend on the batch, not the worker
+
+
+def test_resume_mid_epoch_on_ray_continues_the_local_epoch(ray_cluster):
+    kwargs = dict(batch_size=4, shuffle=True, num_workers=2, generator=2,
+                  persistent_workers=True)
+    local = DataLoader(rd.Plain(40), output="numpy", **kwargs)
+    try:
+        expected = [tree(b) for b in local]
+    finally:
+        local.close()
+    first = DataLoader(rd.Plain(40), output="numpy", worker_backend="ray", **kwargs)
+    it = iter(first)
+    try:
+        head = [tree(next(it)) for _ in range(3)]
+        state = first.state_dict()
+    finally:
+        first.close()
+    resumed = DataLoader(rd.Plain(40), output="numpy", worker_backend="ray", **kwargs)
+    resumed.load_state_dict(state)
+    try:
+        assert head + [tree(b) for b in resumed] == expected
+    finally:
+        resumed.close()
+
+
 # ---------------------------------------------------------------- the data path
 
 

@@ -11,7 +11,9 @@
   process, a socket or a slot. Every batch decision (round robin, ``in_order``, the prefetch
   bound, re-dispatch) lives there, so every engine yields the same batches in the same order.
 - A backend decides *how*: it starts workers that run ``workers/fetch.py`` with the loader's
-  seeding and ``worker_info``, carries tasks to them and results back (batches as zero-copy
+  seeding (``seeding``, ``seed_epoch``), resume duties (``snapshot_every``: send the
+  replica's state with every N-th Result; ``restore``: per worker, where its replica
+  starts) and ``worker_info``, carries tasks to them and results back (batches as zero-copy
   views where it can), notices a dead worker promptly (``receive`` raises
   :class:`loader.errors.WorkerError` naming it) and frees everything in one idempotent
   :meth:`~WorkerBackend.shutdown`.
@@ -49,8 +51,11 @@ class WorkerBackend(Protocol):
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         """Queue the task "fetch batch ``batch_id`` of ``epoch`` from ``indices``"."""
 
-    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
-        """Persistent workers: drop tasks of older epochs, reseed, restart iteration."""
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
+                  restore: Any = None) -> None:
+        """Persistent workers: drop tasks of older epochs, reseed, restart iteration.
+        ``seed_epoch`` is the loader's epoch (per-batch seeding); ``restore`` where the
+        worker's replica starts, from a resume state (``loader/state.py``)."""
 
     def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
         """The next (message, batch) from any worker (batch is None unless the message is a

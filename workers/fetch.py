@@ -12,16 +12,24 @@ and listed in ``skipped`` as (index, exception type name, message); a batch with
 sample raises :class:`BatchSkipped`. A ``__getitems__`` that raises is retried one key at
 a time (``__getitems__([key])``) to find the bad samples. For an IterableDataset the index
 is the sample's position in the replica. ``collate_fn`` errors are never skipped.
+
+Resume duties (``loader/state.py``) wrap a fetcher in a :class:`TrackedFetcher` only when
+asked for: per-batch seeding, the replica's entry (``workers/replica.py``'s capture, plus
+batches made and the end flag) after every N-th batch, and at creation, restoring a saved
+position (the states loaded, then the batches made since they were taken fetched again
+and dropped). Without them a fetcher is the plain one.
 """
 
 from __future__ import annotations
 
+import copy
 from time import perf_counter
 from typing import Any, Callable
 
 from loader.workers import replica
 
-__all__ = ["BatchSkipped", "IterableFetcher", "MapFetcher", "ON_ERROR", "make_fetcher"]
+__all__ = ["BatchSkipped", "IterableFetcher", "MapFetcher", "ON_ERROR", "TrackedFetcher",
+           "end_state", "load_dataset_state", "make_fetcher"]
 
 ON_ERROR = ("raise", "skip")  # the values DataLoader(on_error=...) accepts
 _MESSAGE_CHARS = 500  # of a skipped sample's exception message kept for stats().skipped
@@ -55,7 +63,7 @@ class MapFetcher:
         self.count = 0
         self.skipped: list = []
 
-    def fetch(self, index: Any) -> Any:
+    def fetch(self, index: Any, position: int = 0) -> Any:
         t0 = perf_counter()
         if not self._auto_collation:
             data = self._dataset[index]
@@ -78,7 +86,7 @@ class SkippingMapFetcher(MapFetcher):
 
     __slots__ = ()
 
-    def fetch(self, index: Any) -> Any:
+    def fetch(self, index: Any, position: int = 0) -> Any:
         t0 = perf_counter()
         skipped = self.skipped = []
         if not self._auto_collation:
@@ -144,7 +152,7 @@ class IterableFetcher:
         """Where the replica is now (None: it cannot say); see ``workers/replica.py``."""
         return replica.capture(self._dataset, self._iterator, self.position)
 
-    def fetch(self, index: Any) -> Any:
+    def fetch(self, index: Any, position: int = 0) -> Any:
         if self._ended:
             raise StopIteration
         t0 = perf_counter()
@@ -176,7 +184,7 @@ class SkippingIterableFetcher(IterableFetcher):
 
     __slots__ = ()
 
-    def fetch(self, index: Any) -> Any:
+    def fetch(self, index: Any, position: int = 0) -> Any:
         if self._ended:
             raise StopIteration
         t0 = perf_counter()
@@ -208,14 +216,149 @@ class SkippingIterableFetcher(IterableFetcher):
         return batch
 
 
+class TrackedFetcher:
+    """A fetcher with the resume duties around each batch.
+
+    - ``seeder`` (``workers/seeding.py``'s BatchSeeder): reseeds before every batch, keyed
+      by the batch's position (map-style) or this replica's batch count (iterable).
+    - ``every``: after every ``every``-th batch of this replica (and after its first),
+      ``entry`` holds the replica's entry: ``{"at": batches so far, "dataset": ...,
+      "iterator": ..., "position": samples drawn, "ended": ...}`` (the states of whichever
+      is Stateful); otherwise ``entry`` is None. ``every=0`` takes none.
+    - ``first``: batches this replica made before (a restored one goes on counting).
+    """
+
+    __slots__ = ("_inner", "_dataset", "_iterable", "_seeder", "_every", "_worker_id",
+                 "_stateful", "_capture", "batches", "entry")
+
+    def __init__(self, inner: Any, dataset: Any, iterable: bool, seeder: Any, every: int,
+                 worker_id: int, first: int) -> None:
+        self._inner, self._dataset, self._iterable = inner, dataset, iterable
+        self._seeder, self._every, self._worker_id = seeder, every, worker_id
+        self.batches = first
+        self.entry = None
+        stateful_ds = replica.is_stateful(dataset)
+        stateful_it = iterable and inner._iterator is not dataset and \
+            replica.is_stateful(inner._iterator)
+        self._stateful = stateful_ds or stateful_it
+        self._capture = every > 0 and self._stateful
+
+    @property
+    def fetch_s(self) -> float:
+        return self._inner.fetch_s
+
+    @property
+    def collate_s(self) -> float:
+        return self._inner.collate_s
+
+    @property
+    def count(self) -> int:
+        return self._inner.count
+
+    @property
+    def skipped(self) -> list:
+        return self._inner.skipped
+
+    @skipped.setter
+    def skipped(self, value: list) -> None:
+        self._inner.skipped = value
+
+    def fetch(self, index: Any, position: int = 0) -> Any:
+        self.entry = None
+        seeder = self._seeder
+        if seeder is not None:
+            seeder.before((1, self._worker_id, self.batches) if self._iterable
+                          else (0, position))
+        try:
+            batch = self._inner.fetch(index)
+        except BatchSkipped:
+            self.batches += 1  # the replica made it, empty
+            raise
+        finally:
+            if seeder is not None:
+                seeder.after()
+        self.batches += 1
+        if self._capture and (self.batches == 1 or self.batches % self._every == 0):
+            self.entry = self.capture()
+        return batch
+
+    def capture(self) -> dict | None:
+        """This replica's entry now (the states are the user's objects, not copies), or
+        None when neither the dataset nor its iterator is Stateful."""
+        if not self._stateful:
+            return None
+        if not self._iterable:
+            return {"at": self.batches, "dataset": self._dataset.state_dict()}
+        inner = self._inner
+        entry = replica.capture(self._dataset, inner._iterator, inner.position)
+        entry["at"], entry["ended"] = self.batches, inner._ended
+        return entry
+
+    def state(self) -> dict | None:
+        """The replica's position for a replacement worker (``worker_restarts``): the
+        entry just taken when there is one, so ``state_dict()`` runs once per batch."""
+        return self.entry if self.entry is not None else self.capture()
+
+    def discard(self, index: Any, count: int) -> None:
+        """Fetch ``count`` batches and drop them (a replay); the replica may end."""
+        for _ in range(count):
+            try:
+                self.fetch(index, 0)
+            except BatchSkipped:
+                pass
+        self.entry = None
+
+
+def end_state(dataset: Any) -> dict | None:
+    """What a replica leaves for the next epoch of a persistent worker: the dataset's own
+    state, when it is Stateful."""
+    return {"dataset": dataset.state_dict()} if replica.is_stateful(dataset) else None
+
+
+def load_dataset_state(dataset: Any, entry: dict | None, copy_state: bool) -> None:
+    """Load an entry's dataset state, if it has one (a copy where the entry is shared)."""
+    if entry is not None and entry.get("dataset") is not None:
+        state = entry["dataset"]
+        dataset.load_state_dict(copy.deepcopy(state) if copy_state else state)
+
+
 def make_fetcher(iterable: bool, dataset: Any, auto_collation: bool, collate_fn: Callable,
-                 drop_last: bool, on_error: str = "raise",
-                 state: dict | None = None) -> MapFetcher | IterableFetcher:
-    """The fetcher for this dataset kind and ``on_error`` mode; ``state`` restores an
-    iterable replica's position."""
+                 drop_last: bool, on_error: str = "raise", state: dict | None = None, *,
+                 seeder: Any = None, every: int = 0, worker_id: int = 0,
+                 restore: dict | None = None, track: bool = False,
+                 copy_state: bool = False) -> Any:
+    """The fetcher for this dataset kind and ``on_error`` mode.
+
+    ``state`` restores an iterable replica's position (a replacement worker). ``restore``
+    (a resume, ``loader/state.py``): ``entry`` to start from, loaded as a replacement's
+    ``state`` is (dataset state before ``iter(dataset)``, the iterator's after), then
+    ``discard`` batches asked with ``index`` fetched again and dropped. ``seeder``,
+    ``every``, ``track`` (a TrackedFetcher anyway: the main process takes its entry when
+    a state is taken) and ``copy_state`` (copy states before loading them: the main
+    process keeps them) as for :class:`TrackedFetcher`.
+    """
     skip = on_error == "skip"
+    entry = restore.get("entry") if restore else state
+    if copy_state and entry is not None:
+        entry = copy.deepcopy(entry)
     if iterable:
         cls = SkippingIterableFetcher if skip else IterableFetcher
-        return cls(dataset, auto_collation, collate_fn, drop_last, state)
-    return (SkippingMapFetcher if skip else MapFetcher)(dataset, auto_collation, collate_fn,
-                                                        drop_last)
+        if entry is not None and "position" not in entry:
+            entry = {**entry, "position": 0}
+        inner: Any = cls(dataset, auto_collation, collate_fn, drop_last, entry)
+        if entry is not None:
+            inner._ended = bool(entry.get("ended"))
+    else:
+        load_dataset_state(dataset, entry, copy_state=False)
+        inner = (SkippingMapFetcher if skip else MapFetcher)(dataset, auto_collation,
+                                                            collate_fn, drop_last)
+    if seeder is None and not every and not restore and not track:
+        return inner
+    first = entry.get("at", 0) if entry is not None else 0
+    tracked = TrackedFetcher(inner, dataset, iterable, seeder, every, worker_id, first)
+    if restore and restore.get("discard"):
+        try:
+            tracked.discard(restore.get("index"), restore["discard"])
+        except StopIteration:
+            inner._ended = True  # the replica ended during the replay: it ends again
+    return tracked

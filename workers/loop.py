@@ -74,6 +74,10 @@ class WorkerSpec:
     track_state: bool = False  # send the replica's position with every batch (restarts on)
     free_slots: list | None = None  # a replacement's writable slots (None: all of them)
     replica_state: dict | None = None  # a replacement's replica position (None: the start)
+    seeding: str = "per_worker"  # or "per_batch" (workers/seeding.py)
+    seed_epoch: int = 0  # the loader's epoch, for per-batch seeds
+    snapshot_every: int = 0  # take the replica's resume entry every N batches (0: never)
+    restore: Any = None  # where this worker's replica starts after a resume (loader/state.py)
 
 
 def _parent_watch(main_pid: int) -> int | None:
@@ -105,7 +109,8 @@ class _Worker:
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
         self.state = EpochState(spec, spec.epoch, spec.base_seed, run_init=True,
-                                replica_state=spec.replica_state)
+                                replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
+                                restore=spec.restore)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -153,7 +158,8 @@ class _Worker:
                 continue  # only releases arrived
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = EpochState(self.spec, item.epoch, item.base_seed, run_init=False)
+                self.state = EpochState(self.spec, item.epoch, item.base_seed, run_init=False,
+                                        seed_epoch=item.seed_epoch, restore=item.restore)
             else:
                 self.serve(item)
 
@@ -186,10 +192,10 @@ class _Worker:
         wid = self.spec.worker_id
         if out.kind == codec.LAYOUT:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,
-                             out.timing, out.payload))
+                             out.timing, out.payload, out.entry))
         else:
             self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,
-                             out.timing), out.payload)
+                             out.timing, None, out.entry), out.payload)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()

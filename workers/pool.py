@@ -93,7 +93,8 @@ class WorkerPool:
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
                  thread_limit: int | None, on_error: str = "raise",
-                 track_state: bool = False) -> None:
+                 track_state: bool = False, seeding: str = "per_worker", seed_epoch: int = 0,
+                 snapshot_every: int = 0, restore: list | None = None) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
@@ -125,7 +126,12 @@ class WorkerPool:
         self._spec = dict(dataset=dataset, iterable=iterable, auto_collation=auto_collation,
                           collate_fn=collate_fn, drop_last=drop_last,
                           worker_init_fn=worker_init_fn, thread_limit=thread_limit,
-                          on_error=on_error, track_state=track_state)
+                          on_error=on_error, track_state=track_state, seeding=seeding,
+                          snapshot_every=snapshot_every)
+        self._seed_epoch = seed_epoch  # the loader's epoch, for per-batch seeds
+        # per worker: where its replica starts this epoch after a resume (loader/state.py);
+        # a replacement with no replica position of its own starts there too
+        self._restore: list = list(restore or [])
         _LIVE_POOLS.add(self)
         try:
             check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
@@ -162,6 +168,8 @@ class WorkerPool:
             self._tasks.append(self._connect(k))
             self._held.append([])
             self._processes.append(self._process(k, total, epoch, base_seed))
+            if len(self._restore) <= k:
+                self._restore.append(None)
             self._pids.append(None)
             self.num_workers += 1
         return ids
@@ -189,13 +197,15 @@ class WorkerPool:
         progress_fd = self._progress[worker_id].fd
         own = set(arena.fds) | {dump_fd, progress_fd}
         task_address, result_address = self._addresses(worker_id)
+        restore = self._restore[worker_id] if worker_id < len(self._restore) else None
         spec = WorkerSpec(
             worker_id=worker_id, num_workers=num_workers, base_seed=base_seed, epoch=epoch,
             task_address=task_address, result_address=result_address, main_pid=os.getpid(),
             slot_fds=list(arena.fds), fds_inherited=self._inherited,
             close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
             dump_fd=dump_fd, progress_fd=progress_fd, free_slots=free_slots,
-            replica_state=replica_state,
+            replica_state=replica_state, seed_epoch=self._seed_epoch,
+            restore=restore if replica_state is None else None,
             **self._spec)
         return self._context.Process(target=worker_main, args=(spec,), daemon=True,
                                      name=f"loader-worker-{worker_id}")
@@ -323,8 +333,12 @@ class WorkerPool:
     def _send(self, worker_id: int, message: Any) -> None:
         self._tasks[worker_id].send(pack(message))
 
-    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
-        self._send(worker_id, Resume(epoch, base_seed))
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
+                  restore: Any = None) -> None:
+        self._seed_epoch = seed_epoch  # workers added or replaced in this epoch seed alike
+        if worker_id < len(self._restore):
+            self._restore[worker_id] = restore
+        self._send(worker_id, Resume(epoch, base_seed, seed_epoch, restore))
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
         """Queue a task for ``worker_id``, carrying the slots released to it so far."""

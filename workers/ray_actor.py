@@ -49,6 +49,8 @@ class ActorSpec:
     drop_last: bool
     on_error: str = "raise"
     track_state: bool = False
+    seeding: str = "per_worker"
+    snapshot_every: int = 0
     dataset: Any = None
     collate_fn: Callable | None = None
     worker_init_fn: Callable | None = None
@@ -60,14 +62,17 @@ class LoaderWorker:
     def __init__(self, job: tuple, worker_id: int, num_workers: int, iterable: bool,
                  auto_collation: bool, drop_last: bool, base_seed: int, epoch: int,
                  thread_limit: int | None, on_error: str = "raise", track_state: bool = False,
-                 replica_state: dict | None = None) -> None:
+                 seeding: str = "per_worker", snapshot_every: int = 0, seed_epoch: int = 0,
+                 restore: Any = None, replica_state: dict | None = None) -> None:
         dataset, collate_fn, worker_init_fn = job
         limit_threads(thread_limit)
         self.spec = ActorSpec(worker_id, num_workers, iterable, auto_collation, drop_last,
-                              on_error, track_state, dataset, collate_fn, worker_init_fn)
+                              on_error, track_state, seeding, snapshot_every, dataset,
+                              collate_fn, worker_init_fn)
         self.writer = HeapWriter()
         self.state = EpochState(self.spec, epoch, base_seed, run_init=True,
-                                replica_state=replica_state)
+                                replica_state=replica_state, seed_epoch=seed_epoch,
+                                restore=restore)
 
     def where(self) -> tuple[int, str, str]:
         """(pid, node id, node ip) of this actor, for messages and local stats."""
@@ -75,9 +80,11 @@ class LoaderWorker:
         context = ray.get_runtime_context()
         return os.getpid(), context.get_node_id(), ray.util.get_node_ip_address()
 
-    def new_epoch(self, epoch: int, base_seed: int) -> None:
+    def new_epoch(self, epoch: int, base_seed: int, seed_epoch: int = 0,
+                  restore: Any = None) -> None:
         """Persistent workers: reseed and restart iteration (``Resume`` locally)."""
-        self.state = EpochState(self.spec, epoch, base_seed, run_init=False)
+        self.state = EpochState(self.spec, epoch, base_seed, run_init=False,
+                                seed_epoch=seed_epoch, restore=restore)
 
     def fetch(self, epoch: int, batch_id: int, indices: Any) -> tuple:
         """One batch: (packed BatchNote or None, packed reply or None, pickled payload or
@@ -100,7 +107,8 @@ class LoaderWorker:
         wid = self.spec.worker_id
         if out.kind == codec.LAYOUT:
             head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing,
-                          out.payload)
+                          out.payload, out.entry)
             return note, pack(head), None, buffer
-        head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing)
+        head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing, None,
+                      out.entry)
         return note, pack(head), out.payload, buffer

@@ -122,8 +122,9 @@ class RayPool:
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
                  worker_init_fn: Any, base_seed: int, thread_limit: int | None,
                  options: Any, owner: Any = None, on_error: str = "raise",
-                 track_state: bool = False, slots_per_worker: int = 0,
-                 context: Any = None) -> None:
+                 track_state: bool = False, seeding: str = "per_worker", seed_epoch: int = 0,
+                 snapshot_every: int = 0, restore: list | None = None,
+                 slots_per_worker: int = 0, context: Any = None) -> None:
         # slots_per_worker and context are the local engine's: Ray's object store holds
         # as many batches as are in flight, and actors need no start method
         self.num_workers = 0
@@ -132,7 +133,10 @@ class RayPool:
         self._options = options
         self._args = dict(iterable=iterable, auto_collation=auto_collation,
                           drop_last=drop_last, thread_limit=thread_limit, on_error=on_error,
-                          track_state=track_state)
+                          track_state=track_state, seeding=seeding,
+                          snapshot_every=snapshot_every)
+        self._seed_epoch = seed_epoch  # the loader's epoch, for per-batch seeds
+        self._restore: list = list(restore or [])  # per worker: where its replica starts
         self._queued: deque = deque()  # replies whose BatchNote receive returned first
         self._actors: list[Any] = []
         self._where_refs: list[Any] = []
@@ -167,9 +171,11 @@ class RayPool:
 
     def _new_actor(self, worker_id: int, total: int, epoch: int, base_seed: int,
                    replica_state: dict | None = None) -> Any:
+        restore = self._restore[worker_id] if worker_id < len(self._restore) else None
         return _remote_class().options(**self._options.actor_options()).remote(
             self._job, worker_id, total, base_seed=base_seed, epoch=epoch,
-            replica_state=replica_state, **self._args)
+            seed_epoch=self._seed_epoch, replica_state=replica_state,
+            restore=restore if replica_state is None else None, **self._args)
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
         """Ask Ray for ``count`` more actors; tasks may be submitted to them at once (Ray
@@ -185,6 +191,8 @@ class RayPool:
             self._created.append(time.monotonic())
             self._procs.append(_ActorProcess(self, k))
             self._pids.append(None)
+            if len(self._restore) <= k:
+                self._restore.append(None)
             self.num_workers += 1
         return ids
 
@@ -253,11 +261,16 @@ class RayPool:
         self._pending[worker_id].append(ref)
         self._task_of[ref] = (epoch, self._submitted, worker_id)
 
-    def new_epoch(self, worker_id: int, epoch: int, base_seed: int) -> None:
-        """Reseed and restart iteration; answers still due from older epochs are dropped
-        (Ray runs those calls first and frees their results unread)."""
+    def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
+                  restore: Any = None) -> None:
+        """Reseed and restart iteration (``restore``: where the replica starts, after a
+        resume); answers still due from older epochs are dropped (Ray runs those calls
+        first and frees their results unread)."""
+        self._seed_epoch = seed_epoch  # workers added or replaced in this epoch seed alike
+        if worker_id < len(self._restore):
+            self._restore[worker_id] = restore
         self._drop_tasks(worker_id, before_epoch=epoch)
-        self._actors[worker_id].new_epoch.remote(epoch, base_seed)
+        self._actors[worker_id].new_epoch.remote(epoch, base_seed, seed_epoch, restore)
 
     def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
         """The next (message, batch) from any worker; batch is None except for a Result.

@@ -35,8 +35,8 @@ from loader import collate
 from loader.ipc import codec
 from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd
 from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import BatchSkipped, make_fetcher
-from loader.workers.seeding import seed_worker
+from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
+from loader.workers.seeding import BatchSeeder, seed_worker
 
 __all__ = ["SKIP", "Encoded", "EpochState", "batch_note", "failure", "fetch_and_encode"]
 
@@ -49,18 +49,26 @@ class Encoded(NamedTuple):
     payload: Any
     spans: tuple
     timing: tuple  # (samples, fetch_s, collate_s, encode_s, cpu_s), as in Result
+    entry: Any = None  # the replica's resume entry after this batch, when one was taken
 
 
 class EpochState:
     """One worker's state for one epoch: seeds and worker info installed, ``worker_init_fn``
     run (first epoch only), the fetcher made (an iterable replica restored to
-    ``replica_state`` when given), and any start-up failure kept for the reply to the
-    epoch's first task. ``spec`` needs ``worker_id``, ``num_workers``, ``dataset``,
-    ``worker_init_fn``, ``iterable``, ``auto_collation``, ``collate_fn``, ``drop_last``,
-    ``on_error`` and ``track_state``."""
+    ``replica_state`` when given; per-batch seeding when ``spec.seeding`` says so), and any
+    start-up failure kept for the reply to the epoch's first task. ``spec`` needs
+    ``worker_id``, ``num_workers``, ``dataset``, ``worker_init_fn``, ``iterable``,
+    ``auto_collation``, ``collate_fn``, ``drop_last``, ``on_error``, ``track_state``,
+    ``seeding`` and ``snapshot_every``.
+
+    A resume's ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the
+    last epoch left it) is loaded before seeding, as that dataset was when its worker was
+    reseeded; any other (a position inside the epoch) after ``worker_init_fn``, where it
+    was taken."""
 
     def __init__(self, spec: Any, epoch: int, base_seed: int, run_init: bool,
-                 replica_state: dict | None = None) -> None:
+                 replica_state: dict | None = None, seed_epoch: int = 0,
+                 restore: Any = None) -> None:
         self.epoch = epoch
         self.ended = False
         self.fetcher = None
@@ -68,6 +76,13 @@ class EpochState:
         self.worker_id = spec.worker_id
         self.iterable = spec.iterable
         self.track_state = spec.track_state
+        self.dataset = spec.dataset
+        if restore is not None and restore.get("epoch_start"):
+            try:
+                load_dataset_state(spec.dataset, restore.get("entry"), copy_state=False)
+            except Exception as exc:
+                self.init_error = failure(exc, epoch, -1, spec.worker_id, None)
+            restore = None
         seed, rng = seed_worker(base_seed, spec.worker_id)
         _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
                                     dataset=spec.dataset, rng=rng, epoch=epoch))
@@ -76,11 +91,15 @@ class EpochState:
                 spec.worker_init_fn(spec.worker_id)
             except Exception as exc:  # reported as the reply to this epoch's first task
                 self.init_error = failure(exc, epoch, -1, spec.worker_id, None)
+        seeder = BatchSeeder(base_seed, seed_epoch, rng, keep_user_state=False) \
+            if spec.seeding == "per_batch" else None
         try:
             self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
                                         spec.collate_fn, spec.drop_last, spec.on_error,
-                                        replica_state)
-        except Exception as exc:  # an IterableDataset's __iter__ raised
+                                        replica_state, seeder=seeder,
+                                        every=spec.snapshot_every, worker_id=spec.worker_id,
+                                        restore=restore)
+        except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
             self.init_error = self.init_error or failure(exc, epoch, -1, spec.worker_id, None)
 
     def precheck(self, epoch: int, batch_id: int, indices: Any) -> Any:
@@ -97,6 +116,14 @@ class EpochState:
             self.ended = True
             return IterEnd(epoch, batch_id, self.worker_id)
         return None
+
+    def end_state(self) -> Any:
+        """The Stateful dataset's state as its ended replica leaves it (None otherwise);
+        a persistent worker's next epoch starts from it after a resume."""
+        try:
+            return end_state(self.dataset)
+        except Exception:  # nowhere to report it: such a resumed next epoch starts fresh
+            return None
 
 
 def failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
@@ -143,7 +170,7 @@ def fetch_and_encode(state: EpochState, writer: Any, epoch: int, batch_id: int,
     previous = collate.use_allocator(writer.alloc)
     cpu0 = thread_time()
     try:
-        batch = state.fetcher.fetch(indices)
+        batch = state.fetcher.fetch(indices, batch_id)
         note = batch_note(state, epoch, batch_id)
         t0 = perf_counter()
         kind, payload, spans = codec.encode(batch, writer)
@@ -154,7 +181,7 @@ def fetch_and_encode(state: EpochState, writer: Any, epoch: int, batch_id: int,
             return None, failure(exc, epoch, batch_id, state.worker_id, indices)
         state.ended = True
         return (_note_or_skips(state, epoch, batch_id, with_state=False),
-                IterEnd(epoch, batch_id, state.worker_id))
+                IterEnd(epoch, batch_id, state.worker_id, state.end_state()))
     except BatchSkipped:
         return _note_or_skips(state, epoch, batch_id), EmptyBatch(epoch, batch_id,
                                                                   state.worker_id)
@@ -164,4 +191,5 @@ def fetch_and_encode(state: EpochState, writer: Any, epoch: int, batch_id: int,
         collate.use_allocator(previous)
     fetcher = state.fetcher
     timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
-    return note, Encoded(kind, payload, spans, timing)
+    entry = getattr(fetcher, "entry", None)  # a resume entry (TrackedFetcher)
+    return note, Encoded(kind, payload, spans, timing, entry)
