@@ -218,12 +218,13 @@ def test_resume_mid_epoch_on_ray_continues_the_local_epoch(ray_cluster):
         state = first.state_dict()
     finally:
         first.close()
-    resumed = DataLoader(rd.Plain(40), output="numpy", worker_backend="ray", **kwargs)
-    resumed.load_state_dict(state)
-    try:
-        assert head + [tree(b) for b in resumed] == expected
-    finally:
-        resumed.close()
+    for backend in ("ray", "local"):  # the state is the main process's: either engine
+        resumed = DataLoader(rd.Plain(40), output="numpy", worker_backend=backend, **kwargs)
+        resumed.load_state_dict(state)
+        try:
+            assert head + [tree(b) for b in resumed] == expected
+        finally:
+            resumed.close()
 
 
 # ---------------------------------------------------------------- the data path
