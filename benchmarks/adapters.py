@@ -49,6 +49,12 @@ class Adapter:
     def shutdown(self, loader: Any, iterator: Any) -> None:
         """Stop every worker of ``loader``/``iterator`` now (idempotent)."""
 
+    def prepare(self, max_workers: int) -> None:
+        """Once before the suite's first run (e.g. start a cluster for its workers)."""
+
+    def finish(self) -> None:
+        """Once after the suite's last run."""
+
 
 class OursAdapter(Adapter):
     """``loader.DataLoader``; batches as numpy (or torch with ``output="torch"``)."""
@@ -172,10 +178,11 @@ class EveryBatchState(Adapter):
 
 def _registry() -> dict[str, Adapter]:
     from . import peers
+    from .ray_adapter import RayAdapter
     ours = OursAdapter()
     adapters: list[Adapter] = [ours, OursAdapter("ours-torch", "torch"),
-                               OursAdapter("ours-copy", share_dataset=False), TorchAdapter(),
-                               *peers.PEERS, EveryBatchState(ours),
+                               OursAdapter("ours-copy", share_dataset=False), RayAdapter(),
+                               TorchAdapter(), *peers.PEERS, EveryBatchState(ours),
                                EveryBatchState(peers.TORCHDATA)]
     return {a.name: a for a in adapters}
 
@@ -184,6 +191,7 @@ ADAPTERS: dict[str, Adapter] = _registry()
 # ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy; ours-copy
 # (every worker its own copy of the dataset, as before issue 10) shows what sharing saves;
 # the -state probes run only on workloads that list them (tiny_state)
-# (each right after its loader, so that their reps run back to back)
+# (each right after its loader, so that their reps run back to back); ours-ray is opt-in:
+# it starts a local Ray cluster (seconds, hundreds of MB)
 DEFAULT_LOADERS = ("ours", "ours-state", "torch", "torchdata", "torchdata-state", "grain",
                    "spdl")

@@ -7,7 +7,10 @@ import os
 import statistics
 from typing import Any
 
-__all__ = ["format_table", "state_overheads", "write_json", "write_plot"]
+__all__ = ["engine_overhead", "engine_overhead_lines", "format_table", "state_overheads",
+           "write_json", "write_plot"]
+
+_ENGINES = ("ours", "ours-ray")  # (reference engine, other engine) compared per batch
 
 _NOTE_WIDTH = 48  # characters of an error message shown in the table; the JSON has all
 _BUSY_NOTE_CORES = 0.25  # other processes' CPU (in cores) during a row's timed loops above
@@ -120,6 +123,46 @@ def _grid(rows: list[dict], columns: list) -> list[str]:
     return lines
 
 
+def engine_overhead(rows: list[dict]) -> list[dict]:
+    """Per (workload, workers) run by both engines of ``_ENGINES``: what a batch costs on
+    the other engine beyond the reference one, in wall time (1 / batches per second) and
+    main-process CPU."""
+    base, other = _ENGINES
+    by_key = {(r["workload"], r["num_workers"], r["loader"]): r for r in rows
+              if r.get("kind") == "throughput" and r.get("samples_per_s")}
+    out = []
+    for (workload, workers, loader), row in by_key.items():
+        ref = by_key.get((workload, workers, base))
+        if loader != other or ref is None:
+            continue
+
+        def wall_us(r: dict) -> float:
+            return r["batch_size"] / r["samples_per_s"] * 1e6
+
+        entry = {"workload": workload, "num_workers": workers,
+                 "wall_us_per_batch": wall_us(row), "ref_wall_us_per_batch": wall_us(ref),
+                 "overhead_wall_us": wall_us(row) - wall_us(ref)}
+        if row.get("main_cpu_us_per_batch") is not None and \
+                ref.get("main_cpu_us_per_batch") is not None:
+            entry["overhead_main_cpu_us"] = (row["main_cpu_us_per_batch"]
+                                             - ref["main_cpu_us_per_batch"])
+        out.append(entry)
+    return out
+
+
+def engine_overhead_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    base, other = _ENGINES
+    for e in engine_overhead(rows):
+        cpu = e.get("overhead_main_cpu_us")
+        lines.append(
+            f"engine overhead: {other} vs {base} on {e['workload']} w={e['num_workers']}: "
+            f"{e['wall_us_per_batch']:,.0f} vs {e['ref_wall_us_per_batch']:,.0f} us per batch"
+            f" ({e['overhead_wall_us']:+,.0f} us)"
+            + ("" if cpu is None else f", main CPU {cpu:+,.0f} us per batch"))
+    return lines
+
+
 def state_overheads(rows: list[dict], runs: list[dict] | None = None) -> list[dict]:
     """What calling ``state_dict()`` after every batch costs each loader: its ``-state``
     runs against its plain runs of the same cell. Reps alternate loader by loader, so
@@ -187,6 +230,7 @@ def format_table(result: dict) -> str:
         lines += ["", _MEMORY_LEGEND]
     lines.append("")
     lines += [f"note: {n}" for n in result.get("notes", [])]
+    lines += engine_overhead_lines(result["rows"])
     background = sorted(r["background_cores"] for r in result.get("runs", [])
                         if r.get("background_cores") is not None)
     if background:

@@ -283,15 +283,23 @@ def run_suite(config: Config) -> dict:
     gc.freeze()
     progress = Progress(sum(_runs_in(c, adapters, config) for c in cells))
     data = _Datasets(config.items)
-    before = {p.pid for p in worker_processes()}
+    prepared = []
     results: list[dict] = []
     started = time.time()
     t0 = time.monotonic()
-    with warnings.catch_warnings():
-        # latency runs 4 and 8 workers on 2 cores on purpose; both loaders warn about it
-        warnings.filterwarnings("ignore", message="This DataLoader will create")
-        for cell in cells:
-            results.extend(_run_cell(cell, adapters, config, data, progress))
+    try:
+        for adapter in adapters:  # before the snapshot: a cluster's daemons are not workers
+            adapter.prepare(max((c.num_workers for c in cells), default=0))
+            prepared.append(adapter)
+        before = {p.pid for p in worker_processes()}
+        with warnings.catch_warnings():
+            # latency runs 4 and 8 workers on 2 cores on purpose; both loaders warn about it
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            for cell in cells:
+                results.extend(_run_cell(cell, adapters, config, data, progress))
+    finally:
+        for adapter in prepared:
+            adapter.finish()
     progress.close()
     gc.unfreeze()
     leftover = [p.pid for p in worker_processes(before)]

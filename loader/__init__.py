@@ -7,6 +7,7 @@ Importing this package never imports torch; where torch is already imported, our
 are also subclasses of torch's (``loader/_torch_classes.py``).
 """
 
+from loader.backends import RayBackend
 from loader.collate import default_collate, default_collate_fn_map, default_convert
 from loader.dataloader import DataLoader, StatefulDataLoader
 from loader.dataset import (
@@ -45,6 +46,7 @@ __all__ = [
     "DistributedSampler",
     "IterableDataset",
     "RandomSampler",
+    "RayBackend",
     "Sampler",
     "SequentialSampler",
     "SharedDict",

@@ -91,6 +91,20 @@ def test_bad_names_are_refused(tmp_path, args):
     assert "nope" in proc.stderr
 
 
+def test_ray_engine_against_the_local_one(tmp_path):
+    """ours-ray runs on a local Ray cluster the suite starts once, and the report sets its
+    per-batch cost against ours on the same cells."""
+    proc, result = _bench(tmp_path, "--loaders", "ours,ours-ray", "--workloads", "tiny",
+                          "--workers", "0,2")
+    rows = {(r["loader"], r["num_workers"]): r for r in result["rows"]}
+    assert rows[("ours-ray", 0)]["skipped"].startswith("workers are Ray actors")
+    ray_row = rows[("ours-ray", 2)]
+    assert not ray_row.get("errors") and ray_row["samples_per_s"] > 0, ray_row
+    assert ray_row["worker_cpu_us_per_batch"] > 0  # the actors are counted as its workers
+    assert "engine overhead: ours-ray vs ours on tiny w=2:" in proc.stdout
+    assert result["leftover_pids"] == []
+
+
 def test_state_dict_probe(tmp_path):
     """tiny_state runs ours with and without state_dict() after every batch and reports
     the difference (torchdata's too when it is installed)."""

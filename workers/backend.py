@@ -23,7 +23,8 @@
   new worker with the same id and seeds in its place and :meth:`~WorkerBackend.kill` ends a
   stuck one. A replacement must never write memory a batch the main process still holds
   lives in.
-- ``workers/pool.py`` (local processes, memfd slots, pyzmq) is the default engine; another
+- ``workers/pool.py`` (local processes, memfd slots, pyzmq) is the default engine;
+  ``workers/ray_pool.py`` (Ray actors, the object store) is the ``"ray"`` one. Another
   engine is one new module implementing this protocol plus a line in :func:`make_backend`.
 """
 
@@ -33,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["BACKENDS", "WorkerBackend", "make_backend"]
 
-BACKENDS = ("local",)  # the values DataLoader(worker_backend=...) accepts
+BACKENDS = ("local", "ray")  # the values DataLoader(worker_backend=...) accepts
 
 
 @runtime_checkable
@@ -119,4 +120,12 @@ def make_backend(kind: str, **spec: Any) -> WorkerBackend:
     if kind == "local":
         from loader.workers.pool import WorkerPool
         return WorkerPool(**spec)
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401  (only this engine needs it)
+        except ImportError as exc:
+            raise ImportError("worker_backend='ray' needs Ray, which is not installed: "
+                              "pip install 'loader[ray]'") from exc
+        from loader.workers.ray_pool import RayPool
+        return RayPool(**spec)
     raise ValueError(f"worker_backend should be one of {BACKENDS!r}, but got {kind!r}")

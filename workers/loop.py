@@ -2,7 +2,7 @@
 
 ```
  main ──Task/Release/Resume/Stop──▶ PULL (bound at ipc://@<run>-task-k)
-                                     │ fetch + collate (workers/fetch.py) into a free slot
+                                     │ fetch + collate + encode (workers/task.py) into a free slot
  main ◀──Result/Failure/IterEnd───── PUSH (connects to ipc://@<run>-results)
 ```
 
@@ -27,27 +27,21 @@ from __future__ import annotations
 import faulthandler
 import gc
 import os
-import pickle
 import signal
 import sys
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from time import perf_counter, thread_time
 from typing import Any, Callable
 
 import zmq
 
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
-from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Release, Result,
-                                 Resume, Stop, Task, pack, unpack)
-from loader import collate
-from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
+from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
 from loader.workers.progress import ProgressWord
-from loader.workers.seeding import BatchSeeder, seed_worker
 from loader.workers import shipping
+from loader.workers.task import SKIP, Encoded, EpochState, fetch_and_encode
 from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
@@ -90,58 +84,6 @@ class WorkerSpec:
     #                       and worker_init_fn (workers/shipping.py); those fields are None
 
 
-class _Epoch:
-    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure.
-
-    A resume's ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the
-    last epoch left it) is loaded before seeding, as that dataset was when its worker was
-    reseeded; any other (a position inside the epoch) after ``worker_init_fn``, where it
-    was taken.
-    """
-
-    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
-                 replica_state: dict | None = None, seed_epoch: int = 0,
-                 restore: Any = None) -> None:
-        self.epoch = epoch
-        self.ended = False
-        self.fetcher = None
-        self.init_error: Failure | None = None
-        if restore is not None and restore.get("epoch_start"):
-            try:
-                load_dataset_state(spec.dataset, restore.get("entry"), copy_state=False)
-            except Exception as exc:
-                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
-            restore = None
-        seed, rng = seed_worker(base_seed, spec.worker_id)
-        _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
-                                    dataset=spec.dataset, rng=rng, epoch=epoch))
-        if run_init and spec.worker_init_fn is not None:
-            try:
-                spec.worker_init_fn(spec.worker_id)
-            except Exception as exc:  # reported as the reply to this epoch's first task
-                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
-        seeder = BatchSeeder(base_seed, seed_epoch, rng, keep_user_state=False) \
-            if spec.seeding == "per_batch" else None
-        try:
-            self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        spec.collate_fn, spec.drop_last, spec.on_error,
-                                        replica_state, seeder=seeder,
-                                        every=spec.snapshot_every, worker_id=spec.worker_id,
-                                        restore=restore)
-        except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
-            self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
-
-
-def _failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
-             indices: Any) -> Failure:
-    try:
-        exc_type = pickle.dumps(type(exc))
-    except Exception:  # a local exception class: the main process raises RuntimeError
-        exc_type = None
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Failure(epoch, batch_id, worker_id, type(exc).__name__, exc_type, text, indices)
-
-
 def _parent_watch(main_pid: int) -> int | None:
     try:
         return os.pidfd_open(main_pid)
@@ -170,9 +112,9 @@ class _Worker:
         self.poller.register(self.tasks, zmq.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, run_init=True,
-                            replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
-                            restore=spec.restore)
+        self.state = EpochState(spec, spec.epoch, spec.base_seed, run_init=True,
+                                replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
+                                restore=spec.restore)
 
     def send(self, msg: Any, payload: bytes | None = None) -> None:
         head = pack(msg)
@@ -220,102 +162,44 @@ class _Worker:
                 continue  # only releases arrived
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = _Epoch(self.spec, item.epoch, item.base_seed, run_init=False,
-                                    seed_epoch=item.seed_epoch, restore=item.restore)
+                self.state = EpochState(self.spec, item.epoch, item.base_seed, run_init=False,
+                                        seed_epoch=item.seed_epoch, restore=item.restore)
             else:
                 self.serve(item)
 
     def serve(self, task: Task) -> None:
-        """Answer ``task``: every task gets exactly one reply, unless it is stale or this
-        replica has already reported its end (the main process then expects none)."""
-        state, wid = self.state, self.spec.worker_id
-        if task.epoch != state.epoch or state.ended:
-            return
-        if state.init_error is not None:
-            failure, state.init_error = state.init_error, None
-            self.send(failure._replace(batch_id=task.batch_id, indices=task.indices))
-            return
-        if state.fetcher is None:  # the replica could not start: it has nothing to give
-            state.ended = True
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+        """Answer ``task`` (``EpochState.precheck`` says which tasks get no reply); a
+        BatchNote, when there is one, goes just before the reply."""
+        state = self.state
+        early = state.precheck(task.epoch, task.batch_id, task.indices)
+        if early is not None:
+            if early is not SKIP:
+                self.send(early)
             return
         self.progress.started(task.epoch, task.batch_id)
         slot = self.free.pop() if self.free else -1
         writer = self.writer
         writer.begin(slot)
-        previous = collate.use_allocator(writer.alloc)
-        cpu0 = thread_time()
-        note = None
-        try:
-            batch = state.fetcher.fetch(task.indices, task.batch_id)
-            note = self.note(task, state.fetcher)
-            t0 = perf_counter()
-            kind, payload, spans = codec.encode(batch, writer)
-            encode_s = perf_counter() - t0
-            del batch
-        except StopIteration as exc:
+        note, out = fetch_and_encode(state, writer, task.epoch, task.batch_id, task.indices)
+        if type(out) is not Encoded:  # a Failure, IterEnd or EmptyBatch
             self.release_unused(slot)
-            if not self.spec.iterable:  # a map dataset raised it: an error, as in torch
-                self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
-                return
-            state.ended = True
-            self.send_note(task, state.fetcher, with_state=False)
-            self.send(IterEnd(task.epoch, task.batch_id, wid, self.end_state()))
+            if note is not None:
+                self.send(note)
+            self.send(out)
             return
-        except BatchSkipped:
-            self.release_unused(slot)
-            self.send_note(task, state.fetcher)
-            self.send(EmptyBatch(task.epoch, task.batch_id, wid))
-            return
-        except Exception as exc:
-            self.release_unused(slot)
-            self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
-            return
-        finally:
-            collate.use_allocator(previous)
         size = writer.end()
-        if kind == codec.INBAND or size == 0:
+        if out.kind == codec.INBAND or size == 0:
             self.release_unused(slot)
             slot, size = -1, 0
-        fetcher = state.fetcher
-        timing = (fetcher.count, fetcher.fetch_s, fetcher.collate_s, encode_s, thread_time() - cpu0)
         if note is not None:
-            self.out.send(note)
-        entry = getattr(fetcher, "entry", None)  # a resume entry (TrackedFetcher)
-        if kind == codec.LAYOUT:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
-                             payload, entry))
+            self.send(note)
+        wid = self.spec.worker_id
+        if out.kind == codec.LAYOUT:
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,
+                             out.timing, out.payload, out.entry))
         else:
-            self.send(Result(task.epoch, task.batch_id, wid, slot, size, kind, spans, timing,
-                             None, entry), payload)
-
-    def end_state(self) -> Any:
-        """The Stateful dataset's state as its ended replica leaves it (None otherwise);
-        a persistent worker's next epoch starts from it after a resume."""
-        try:
-            return end_state(self.spec.dataset)
-        except Exception:  # nowhere to report it: such a resumed next epoch starts fresh
-            return None
-
-    def note(self, task: Task, fetcher: Any, with_state: bool = True) -> bytes | None:
-        """The packed BatchNote for the batch just fetched, or None when there is nothing to
-        say (the default path: no skips, no restarts). Raises what ``state_dict()`` or
-        pickling its result raises, so that it becomes this batch's Failure."""
-        skipped = fetcher.skipped
-        position = fetcher.state() if with_state and self.spec.track_state else None
-        if not skipped and position is None:
-            return None
-        return pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id, tuple(skipped),
-                              position))
-
-    def send_note(self, task: Task, fetcher: Any, with_state: bool = True) -> None:
-        try:
-            note = self.note(task, fetcher, with_state)
-        except Exception:  # the batch has no samples to lose; its skips are lost with it
-            note = pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id,
-                                  tuple(fetcher.skipped), None))
-        if note is not None:
-            self.out.send(note)
+            self.send(Result(task.epoch, task.batch_id, wid, slot, size, out.kind, out.spans,
+                             out.timing, None, out.entry), out.payload)
 
     def release_unused(self, slot: int) -> None:
         self.writer.end()
