@@ -115,8 +115,11 @@ def make_backend(kind: str, **spec: Any) -> WorkerBackend:
     """The engine ``kind`` (one of :data:`BACKENDS`) for the iterator's worker ``spec``:
     ``num_workers``, ``context``, ``dataset``, ``iterable``, ``auto_collation``,
     ``collate_fn``, ``drop_last``, ``worker_init_fn``, ``base_seed``, ``slots_per_worker``,
-    ``thread_limit``, ``on_error`` ("raise"/"skip", for ``workers/fetch.py``) and
-    ``track_state`` (send each batch's replica position in a ``BatchNote``)."""
+    ``thread_limit``, ``on_error`` ("raise"/"skip", for ``workers/fetch.py``),
+    ``track_state`` (send each batch's replica position in a ``BatchNote``), ``seeding``,
+    ``seed_epoch``, ``snapshot_every`` and ``restore`` (resume, ``loader/state.py``) and
+    ``share_dataset`` (``workers/shipping.py``). An engine ignores what does not apply to it
+    and says so in its constructor."""
     if kind == "local":
         from loader.workers.pool import WorkerPool
         return WorkerPool(**spec)

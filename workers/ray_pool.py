@@ -124,9 +124,12 @@ class RayPool:
                  options: Any, owner: Any = None, on_error: str = "raise",
                  track_state: bool = False, seeding: str = "per_worker", seed_epoch: int = 0,
                  snapshot_every: int = 0, restore: list | None = None,
-                 slots_per_worker: int = 0, context: Any = None) -> None:
-        # slots_per_worker and context are the local engine's: Ray's object store holds
-        # as many batches as are in flight, and actors need no start method
+                 slots_per_worker: int = 0, context: Any = None,
+                 share_dataset: bool = True) -> None:
+        # slots_per_worker, context and share_dataset are the local engine's: Ray's object
+        # store holds as many batches as are in flight, actors need no start method, and
+        # the dataset is put in the object store once (actors on other nodes cannot map a
+        # memfd; numpy arrays in it are zero-copy per node already)
         self.num_workers = 0
         self.blocked_s = 0.0
         self._closed = False
