@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="steady-state seconds per run for the slower loader (default 1.5)")
     p.add_argument("--batches", type=int,
                    help="a fixed number of timed batches per run instead of calibrating")
+    p.add_argument("--items", type=int,
+                   help="dataset size of the memory workloads (shared_dicts: 1,000,000 "
+                        "dicts; shared_arrays: 2,048 images)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run in < 60 s: few workloads, tiny runs, 1 rep")
     p.add_argument("--out", default=_DEFAULT_OUT, help=f"JSON path (default {_DEFAULT_OUT})")
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         workloads = list(QUICK_WORKLOADS if args.quick else WORKLOADS)
     config = Config(workloads=workloads, loaders=args.loaders or list(DEFAULT_LOADERS),
                     workers=args.workers, batch_size=args.batch_size,
-                    dataset=args.dataset, batches=args.batches, quick=args.quick)
+                    dataset=args.dataset, batches=args.batches, quick=args.quick,
+                    items=args.items)
     if args.quick:
         config.reps, config.seconds, config.epochs = 1, _QUICK_SECONDS, _QUICK_EPOCHS
     for name in ("reps", "seconds", "epochs"):

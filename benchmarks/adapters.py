@@ -42,11 +42,18 @@ class Adapter:
         return not self.name.endswith("-state")  # state probes run where asked for
 
     def make(self, dataset: Any, *, batch_size: int, num_workers: int,
-             collate_fn: Any, start_method: str, persistent: bool) -> Any:
+             collate_fn: Any, start_method: str, persistent: bool,
+             shuffle: bool = False) -> Any:
         raise NotImplementedError
 
     def shutdown(self, loader: Any, iterator: Any) -> None:
         """Stop every worker of ``loader``/``iterator`` now (idempotent)."""
+
+    def prepare(self, max_workers: int) -> None:
+        """Once before the suite's first run (e.g. start a cluster for its workers)."""
+
+    def finish(self) -> None:
+        """Once after the suite's last run."""
 
 
 class OursAdapter(Adapter):
@@ -54,15 +61,20 @@ class OursAdapter(Adapter):
 
     flavour = "ours"
 
-    def __init__(self, name: str = "ours", output: str = "numpy") -> None:
+    def __init__(self, name: str = "ours", output: str = "numpy",
+                 share_dataset: bool = True) -> None:
         self.name = name
         self.output = output
-        self.note = f'{name}: loader.DataLoader(output="{output}")'
+        self.share_dataset = share_dataset
+        extra = "" if share_dataset else ", share_dataset=False"
+        self.note = f'{name}: loader.DataLoader(output="{output}"{extra})'
 
-    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent,
+             shuffle=False):
         from loader import DataLoader
         kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers,
-                        "output": self.output}
+                        "output": self.output, "shuffle": shuffle,
+                        "share_dataset": self.share_dataset}
         if collate_fn is not None:
             kwargs["collate_fn"] = collate_fn
         if num_workers > 0:
@@ -97,8 +109,10 @@ class TorchAdapter(Adapter):
             return f"not installed ({exc.name or exc})"
         return None
 
-    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
-        kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers}
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent,
+             shuffle=False):
+        kwargs: dict = {"batch_size": batch_size, "num_workers": num_workers,
+                        "shuffle": shuffle}
         if collate_fn is not None:
             kwargs["collate_fn"] = collate_fn
         if num_workers > 0:
@@ -164,16 +178,20 @@ class EveryBatchState(Adapter):
 
 def _registry() -> dict[str, Adapter]:
     from . import peers
+    from .ray_adapter import RayAdapter
     ours = OursAdapter()
-    adapters: list[Adapter] = [ours, OursAdapter("ours-torch", "torch"), TorchAdapter(),
-                               *peers.PEERS, EveryBatchState(ours),
+    adapters: list[Adapter] = [ours, OursAdapter("ours-torch", "torch"),
+                               OursAdapter("ours-copy", share_dataset=False), RayAdapter(),
+                               TorchAdapter(), *peers.PEERS, EveryBatchState(ours),
                                EveryBatchState(peers.TORCHDATA)]
     return {a.name: a for a in adapters}
 
 
 ADAPTERS: dict[str, Adapter] = _registry()
-# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy; the
-# -state probes run only on workloads that list them (tiny_state)
-# (each right after its loader, so that their reps run back to back)
+# ours-torch is opt-in: it doubles the runs to show the cost of torch.from_numpy; ours-copy
+# (every worker its own copy of the dataset, as before issue 10) shows what sharing saves;
+# the -state probes run only on workloads that list them (tiny_state)
+# (each right after its loader, so that their reps run back to back); ours-ray is opt-in:
+# it starts a local Ray cluster (seconds, hundreds of MB)
 DEFAULT_LOADERS = ("ours", "ours-state", "torch", "torchdata", "torchdata-state", "grain",
                    "spdl", "spdl-threads")

@@ -30,14 +30,19 @@ _PSS_INTERVAL_S = 1.0  # PSS/USS sampling period: reading smaps_rollup of a torc
 #                        process costs ~4 ms of kernel time, so at most a few % of a core
 _CHILDREN_REFRESH_S = 0.25  # how often the sampler re-lists child processes (~2 ms each)
 _HELPER_MARKERS = ("resource_tracker", "forkserver", "semaphore_tracker")  # not workers
+_RAY_IDLE = "ray::IDLE"  # the title of a Ray worker process that runs nothing yet
 _MB = 1024 * 1024
 
 _helper_cache: dict[tuple[int, float], bool] = {}
 
 
 def is_helper(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is a multiprocessing helper that lives until the interpreter exits."""
+    """Whether ``proc`` is a multiprocessing helper that lives until the interpreter exits,
+    or an idle Ray worker process (Ray's own pool; it may later become an actor, so that
+    answer is never cached)."""
     try:
+        if proc.name().startswith(_RAY_IDLE):
+            return True
         key = (proc.pid, proc.create_time())
     except psutil.Error:
         return False

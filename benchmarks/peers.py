@@ -39,6 +39,11 @@ class TorchdataAdapter(TorchAdapter):
     attr = "StatefulDataLoader"
     note = "torchdata: torchdata.stateful_dataloader.StatefulDataLoader (defaults)"
 
+    def unsupported(self, workload, num_workers, start_method, persistent):
+        if workload.kind == "memory":
+            return "not measured (torch's workers and transport: the torch row shows them)"
+        return None
+
 
 class GrainAdapter(Adapter):
     name = "grain"
@@ -49,6 +54,8 @@ class GrainAdapter(Adapter):
         return _missing("grain.python")
 
     def unsupported(self, workload, num_workers, start_method, persistent):
+        if workload.kind == "memory":
+            return "not measured (needs a shuffled epoch of a Python-object dataset)"
         if workload.iterable:
             return "no IterableDataset in its DataLoader"
         if persistent:
@@ -57,7 +64,8 @@ class GrainAdapter(Adapter):
             return "start method is not configurable"
         return None
 
-    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent,
+             shuffle=False):
         import grain.python as pygrain
         sampler = pygrain.SequentialSampler(num_records=len(dataset),
                                             shard_options=pygrain.NoSharding())
@@ -79,6 +87,8 @@ class SpdlAdapter(Adapter):
         return _missing("spdl.dataloader")
 
     def unsupported(self, workload, num_workers, start_method, persistent):
+        if workload.kind == "memory":
+            return "not measured (needs a shuffled epoch of a Python-object dataset)"
         if workload.iterable:
             return "map-style datasets only"
         if persistent:
@@ -87,7 +97,8 @@ class SpdlAdapter(Adapter):
             return "needs at least one worker"
         return None
 
-    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent):
+    def make(self, dataset, *, batch_size, num_workers, collate_fn, start_method, persistent,
+             shuffle=False):
         from spdl.dataloader import get_pytorch_dataloader
         kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers,
                                   "multiprocessing_context": start_method, "in_order": True}

@@ -7,7 +7,10 @@ import os
 import statistics
 from typing import Any
 
-__all__ = ["format_table", "state_overheads", "write_json", "write_plot"]
+__all__ = ["engine_overhead", "engine_overhead_lines", "format_table", "state_overheads",
+           "write_json", "write_plot"]
+
+_ENGINES = ("ours", "ours-ray")  # (reference engine, other engine) compared per batch
 
 _NOTE_WIDTH = 48  # characters of an error message shown in the table; the JSON has all
 _BUSY_NOTE_CORES = 0.25  # other processes' CPU (in cores) during a row's timed loops above
@@ -70,6 +73,96 @@ def _display(row: dict) -> dict:
     return shown
 
 
+_MEMORY_COLUMNS = [  # the "memory" workloads' own table
+    ("workload", "workload", "{}"),
+    ("loader", "loader", "{}"),
+    ("w", "num_workers", "{}"),
+    ("TTFB s", "ttfb_s", "{:,.2f}"),
+    ("×torch", "ratio_vs_torch", "{:.2f}"),
+    ("worker USS MiB start → end", "uss", "{}"),
+    ("PSS sum MiB", "pss_sum_mb", "{:,.0f}"),
+    ("main PSS", "main_pss_mb", "{:,.0f}"),
+    ("epoch s", "epoch_s", "{:,.2f}"),
+    ("samples/s", "samples_per_s", "{:,.0f}"),
+    ("note", "note", "{}"),
+]
+_MEMORY_LEGEND = """\
+memory workloads: one shuffled epoch of a fixed dataset, a fresh loader per rep (median
+  rep by TTFB). worker USS: each worker's unique memory right after the first batch and
+  before the last one is handed out; PSS sum: main process + workers at that point (shared
+  pages counted once in total); ×torch: torch's TTFB / ours (higher is sooner); epoch s:
+  loader built to the last batch; samples/s: after the first batch to the last."""
+
+
+def _uss(row: dict) -> str:
+    start, end = row.get("worker_uss_start_mb"), row.get("worker_uss_end_mb")
+    if not start or not end:
+        return ""
+    return f"{', '.join(f'{v:.0f}' for v in start)} → {', '.join(f'{v:.0f}' for v in end)}"
+
+
+def _grid(rows: list[dict], columns: list) -> list[str]:
+    grid = [[h for h, _, _ in columns]]
+    breaks = set()
+    last = None
+    for row in rows:
+        if last is not None and row["workload"] != last:
+            breaks.add(len(grid))
+        last = row["workload"]
+        grid.append([_cell(row.get(key), fmt) for _, key, fmt in columns])
+    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
+    lines = []
+    for n, line in enumerate(grid):
+        if n in breaks:
+            lines.append("")
+        cells = [(c.ljust(w) if key in _LEFT | {"uss"} else c.rjust(w))
+                 for c, w, (_, key, _) in zip(line, widths, columns)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def engine_overhead(rows: list[dict]) -> list[dict]:
+    """Per (workload, workers) run by both engines of ``_ENGINES``: what a batch costs on
+    the other engine beyond the reference one, in wall time (1 / batches per second) and
+    main-process CPU."""
+    base, other = _ENGINES
+    by_key = {(r["workload"], r["num_workers"], r["loader"]): r for r in rows
+              if r.get("kind") == "throughput" and r.get("samples_per_s")}
+    out = []
+    for (workload, workers, loader), row in by_key.items():
+        ref = by_key.get((workload, workers, base))
+        if loader != other or ref is None:
+            continue
+
+        def wall_us(r: dict) -> float:
+            return r["batch_size"] / r["samples_per_s"] * 1e6
+
+        entry = {"workload": workload, "num_workers": workers,
+                 "wall_us_per_batch": wall_us(row), "ref_wall_us_per_batch": wall_us(ref),
+                 "overhead_wall_us": wall_us(row) - wall_us(ref)}
+        if row.get("main_cpu_us_per_batch") is not None and \
+                ref.get("main_cpu_us_per_batch") is not None:
+            entry["overhead_main_cpu_us"] = (row["main_cpu_us_per_batch"]
+                                             - ref["main_cpu_us_per_batch"])
+        out.append(entry)
+    return out
+
+
+def engine_overhead_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    base, other = _ENGINES
+    for e in engine_overhead(rows):
+        cpu = e.get("overhead_main_cpu_us")
+        lines.append(
+            f"engine overhead: {other} vs {base} on {e['workload']} w={e['num_workers']}: "
+            f"{e['wall_us_per_batch']:,.0f} vs {e['ref_wall_us_per_batch']:,.0f} us per batch"
+            f" ({e['overhead_wall_us']:+,.0f} us)"
+            + ("" if cpu is None else f", main CPU {cpu:+,.0f} us per batch"))
+    return lines
+
+
 def state_overheads(rows: list[dict], runs: list[dict] | None = None) -> list[dict]:
     """What calling ``state_dict()`` after every batch costs each loader: its ``-state``
     runs against its plain runs of the same cell. Reps alternate loader by loader, so
@@ -114,24 +207,11 @@ def _cell(value: Any, fmt: str) -> str:
 def format_table(result: dict) -> str:
     """The printed report: the table, its legend and the notes."""
     rows = [_display(r) for r in result["rows"]]
-    grid = [[h for h, _, _ in _COLUMNS]]
-    breaks = set()
-    last = None
-    for row in rows:
-        if last is not None and row["workload"] != last:
-            breaks.add(len(grid))
-        last = row["workload"]
-        grid.append([_cell(row.get(key), fmt) for _, key, fmt in _COLUMNS])
-    widths = [max(len(line[i]) for line in grid) for i in range(len(_COLUMNS))]
-    lines = []
-    for n, line in enumerate(grid):
-        if n in breaks:
-            lines.append("")
-        cells = [(c.ljust(w) if key in _LEFT else c.rjust(w))
-                 for c, w, (_, key, _) in zip(line, widths, _COLUMNS)]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    memory = [dict(r, uss=_uss(r)) for r in rows if r.get("kind") == "memory"]
+    rows = [r for r in rows if r.get("kind") != "memory"]
+    lines = _grid(rows, _COLUMNS) if rows else []
+    if memory:
+        lines += ([""] if lines else []) + _grid(memory, _MEMORY_COLUMNS)
     overheads = result.get("state_overhead") or state_overheads(result["rows"])
     if overheads:
         lines += ["", "state_dict() after every batch: each -state run against the plain run "
@@ -144,8 +224,13 @@ def format_table(result: dict) -> str:
                          + (f" (of {plain_cpu:.0f})" if plain_cpu else "")
                          + f", {o['pairs']} pair(s)")
     kinds = {r.get("memory_kind") for r in result.get("runs", []) if r.get("memory_kind")}
-    lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS"), ""]
+    if rows:
+        lines += ["", _LEGEND.format(kind="/".join(sorted(kinds)).upper() or "PSS")]
+    if memory:
+        lines += ["", _MEMORY_LEGEND]
+    lines.append("")
     lines += [f"note: {n}" for n in result.get("notes", [])]
+    lines += engine_overhead_lines(result["rows"])
     background = sorted(r["background_cores"] for r in result.get("runs", [])
                         if r.get("background_cores") is not None)
     if background:

@@ -36,7 +36,7 @@ from typing import Any
 
 from .adapters import ADAPTERS, BASELINE
 from .measure import worker_processes
-from .runs import Cell, cold_run, throughput_run, warm_run
+from .runs import Cell, cold_run, memory_run, throughput_run, warm_run
 from .workloads import WORKLOADS, Workload
 
 __all__ = ["Config", "QUICK_WORKLOADS", "run_suite"]
@@ -55,7 +55,9 @@ _METRICS = ("samples_per_s", "mb_per_s", "ttfb_s", "ttfb_main_cpu_ms",
             "main_cpu_us_per_batch", "worker_cpu_us_per_batch", "peak_pss_mb",
             "peak_rss_mb", "peak_uss_mb", "p50_next_ms", "p99_next_ms", "teardown_s",
             "first_epoch_ttfb_s", "bytes_per_sample", "batches", "samples", "wall_s",
-            "background_cores", "run_s")
+            "background_cores", "run_s", "epoch_s", "worker_uss_start_max_mb",
+            "worker_uss_end_max_mb", "pss_sum_mb", "main_pss_mb")
+_PER_WORKER = ("worker_uss_start_mb", "worker_uss_end_mb")  # lists: kept from the median rep
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Config:
     batches: int | None = None  # a fixed batch count instead of calibrating
     quick: bool = False
     dataset: str | None = None  # "module:factory"
+    items: int | None = None  # the size of "memory" workloads' datasets (default: theirs)
 
 
 class Progress:
@@ -153,8 +156,9 @@ def plan(config: Config) -> tuple[list[Cell], list[Any], list[str]]:
         workers = config.workers if config.workers is not None else list(wl.workers)
         if wl.kind != "throughput":
             workers = [w for w in workers if w > 0]
-        for method in (wl.start_methods if wl.kind == "cold_start" else ("fork",)):
-            label = f"{wl.name}/{method}" if wl.kind == "cold_start" else wl.name
+        by_method = wl.kind in ("cold_start", "memory") or len(wl.start_methods) > 1
+        for method in (wl.start_methods if by_method else ("fork",)):
+            label = f"{wl.name}/{method}" if by_method else wl.name
             cells.extend(Cell(wl, label, w, batch_size, method) for w in workers)
     return cells, adapters, notes
 
@@ -172,13 +176,15 @@ def _runs_in(cell: Cell, adapters: list[Any], config: Config) -> int:
 class _Datasets:
     """Each workload's dataset built once per flavour, resized per run by a shallow copy."""
 
-    def __init__(self) -> None:
+    def __init__(self, items: int | None = None) -> None:
         self._built: dict[tuple[str, str], Any] = {}
+        self._items = items
 
     def get(self, workload: Workload, flavour: str, batches: int, batch_size: int) -> Any:
         key = (workload.name, flavour)
         if key not in self._built:
-            self._built[key] = workload.build(flavour, batch_size)
+            size = (self._items or workload.items) if workload.items else batch_size
+            self._built[key] = workload.build(flavour, size)
         dataset = self._built[key]
         if not workload.resizable:
             return dataset
@@ -253,6 +259,9 @@ def _run_cell(cell: Cell, adapters: list[Any], config: Config, data: _Datasets,
             elif wl.kind == "cold_start":
                 ds = data.get(wl, adapter.flavour, _COLD_BATCHES, cell.batch_size)
                 r = _guarded(cold_run, adapter, ds, cell)
+            elif wl.kind == "memory":
+                ds = data.get(wl, adapter.flavour, 0, cell.batch_size)
+                r = _guarded(memory_run, adapter, ds, cell)
             else:
                 ds = data.get(wl, adapter.flavour, _WARM_EPOCH_BATCHES, cell.batch_size)
                 r = _guarded(warm_run, adapter, ds, cell, config.epochs)
@@ -273,16 +282,24 @@ def run_suite(config: Config) -> dict:
     gc.collect()
     gc.freeze()
     progress = Progress(sum(_runs_in(c, adapters, config) for c in cells))
-    data = _Datasets()
-    before = {p.pid for p in worker_processes()}
+    data = _Datasets(config.items)
+    prepared = []
     results: list[dict] = []
     started = time.time()
     t0 = time.monotonic()
-    with warnings.catch_warnings():
-        # latency runs 4 and 8 workers on 2 cores on purpose; both loaders warn about it
-        warnings.filterwarnings("ignore", message="This DataLoader will create")
-        for cell in cells:
-            results.extend(_run_cell(cell, adapters, config, data, progress))
+    try:
+        for adapter in adapters:  # before the snapshot: a cluster's daemons are not workers
+            adapter.prepare(max((c.num_workers for c in cells), default=0))
+            prepared.append(adapter)
+        before = {p.pid for p in worker_processes()}
+        with warnings.catch_warnings():
+            # latency runs 4 and 8 workers on 2 cores on purpose; both loaders warn about it
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            for cell in cells:
+                results.extend(_run_cell(cell, adapters, config, data, progress))
+    finally:
+        for adapter in prepared:
+            adapter.finish()
     progress.close()
     gc.unfreeze()
     leftover = [p.pid for p in worker_processes(before)]
@@ -319,7 +336,7 @@ def aggregate(results: list[dict]) -> list[dict]:
         for metric in _METRICS:
             values = [r[metric] for r in ok if r.get(metric) is not None]
             row[metric] = statistics.median(values) if values else None
-        headline = "ttfb_s" if row["kind"] == "cold_start" else "samples_per_s"
+        headline = "ttfb_s" if row["kind"] in ("cold_start", "memory") else "samples_per_s"
         values = [r[headline] for r in ok if r.get(headline)]
         if len(values) > 1:
             row["spread_pct"] = (max(values) - min(values)) / statistics.median(values) * 100
@@ -332,6 +349,10 @@ def aggregate(results: list[dict]) -> list[dict]:
         leaked = sorted({p for r in runs for p in r.get("leaked_pids", [])})
         if leaked:
             row["leaked_pids"] = leaked
+        if ok and row["kind"] == "memory":
+            median_rep = sorted(ok, key=lambda r: r["ttfb_s"])[len(ok) // 2]
+            for key in _PER_WORKER:
+                row[key] = median_rep.get(key)
         if row["kind"] == "warm_epochs":
             starts = [r["epoch_start_ms"] for r in ok if r.get("epoch_start_ms")]
             if starts:
@@ -349,7 +370,7 @@ def _add_ratios(rows: list[dict]) -> None:
         row["ratio_vs_torch"] = None
         if b is None:
             continue
-        if row["kind"] == "cold_start":
+        if row["kind"] in ("cold_start", "memory"):
             if row.get("ttfb_s") and b.get("ttfb_s"):
                 row["ratio_vs_torch"] = b["ttfb_s"] / row["ttfb_s"]
         elif row.get("samples_per_s") and b.get("samples_per_s"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
 import time
 import traceback
@@ -31,7 +32,7 @@ from .measure import (MemorySampler, batch_len, cpu_seconds, machine_busy_s,
                                 nbytes, worker_processes)
 from .workloads import Workload
 
-__all__ = ["Cell", "cold_run", "throughput_run", "warm_run"]
+__all__ = ["Cell", "cold_run", "memory_run", "throughput_run", "warm_run"]
 
 _SETTLE_S = 5.0  # how long a finished run's workers may take to exit before we kill them
 _SETTLE_POLL_S = 0.01  # how often that wait re-checks them
@@ -114,11 +115,12 @@ def _error(result: dict, exc: BaseException) -> None:
     result["traceback"] = traceback.format_exc()
 
 
-def _make(run: _Run, adapter: Any, dataset: Any, cell: Cell, persistent: bool) -> Any:
+def _make(run: _Run, adapter: Any, dataset: Any, cell: Cell, persistent: bool,
+          **extra: Any) -> Any:
     run.loader = adapter.make(dataset, batch_size=cell.batch_size,
                               num_workers=cell.num_workers,
                               collate_fn=cell.workload.collate_fn,
-                              start_method=cell.start_method, persistent=persistent)
+                              start_method=cell.start_method, persistent=persistent, **extra)
     return run.loader
 
 
@@ -231,6 +233,8 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
     try:
         loader = _make(run, adapter, dataset, cell, persistent=True)
         starts, samples, batches, wall, main_cpu = [], 0, 0, 0.0, 0.0
+        workers: list = []
+        wcpu0: dict = {}
         for epoch in range(epochs):
             s0 = run.sampler.cpu_s
             c0 = time.process_time()
@@ -251,7 +255,9 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
                 samples += n
                 batches += b
             if epoch == 0:
-                run.workers()
+                workers = run.workers()
+                wcpu0 = cpu_seconds(workers)
+        worker_cpu = _worker_cpu(wcpu0, cpu_seconds(workers))
         run.sampler.sample_full()
         result.update(epochs=epochs, first_epoch_ttfb_s=starts[0], samples=samples,
                       batches=batches, wall_s=wall)
@@ -261,7 +267,62 @@ def warm_run(adapter: Any, dataset: Any, cell: Cell, epochs: int) -> dict:
                 epoch_start_ms=[s * 1e3 for s in starts],
                 samples_per_s=samples / wall,
                 mb_per_s=samples * result["bytes_per_sample"] / wall / _MB,
-                main_cpu_us_per_batch=main_cpu / batches * 1e6)
+                main_cpu_us_per_batch=main_cpu / batches * 1e6,
+                worker_cpu_us_per_batch=worker_cpu / batches * 1e6)
+    except Exception as exc:
+        _error(result, exc)
+    return run.finish(result)
+
+
+def _memory(pids: list[int]) -> list[tuple[float, float]]:
+    """(USS, PSS) in MiB of each process, (nan, nan) for one that is gone."""
+    out = []
+    for pid in pids:
+        try:
+            info = psutil.Process(pid).memory_full_info()
+            out.append((info.uss / _MB, getattr(info, "pss", info.uss) / _MB))
+        except psutil.Error:
+            out.append((math.nan, math.nan))
+    return out
+
+
+def memory_run(adapter: Any, dataset: Any, cell: Cell) -> dict:
+    """One shuffled epoch of a fixed dataset: TTFB, each worker's USS after the first batch
+    and before the last one is handed out, the PSS of the main process and its workers
+    then (every process's share of shared pages counted once in total), and samples/s after
+    the first batch (how fast the workers read; two USS samples fall in that span)."""
+    result = _base(adapter, cell, "memory")
+    run = _Run(adapter)
+    try:
+        t0 = time.perf_counter()
+        loader = _make(run, adapter, dataset, cell, persistent=False, shuffle=True)
+        it = run.iterator = iter(loader)
+        batch = next(it)
+        t1 = time.perf_counter()
+        result["ttfb_s"] = t1 - t0
+        pids = [p.pid for p in it._workers]  # both loaders' introspection hook
+        result["worker_uss_start_mb"] = [uss for uss, _ in _memory(pids)]
+        batches, samples, total = 1, batch_len(batch), len(loader)
+        while batches < total - 1:
+            batch = next(it)
+            batches += 1
+            samples += batch_len(batch)
+        measured = _memory(pids + [os.getpid()])
+        result["worker_uss_end_mb"] = [uss for uss, _ in measured[:-1]]
+        result["main_pss_mb"] = measured[-1][1]
+        result["pss_sum_mb"] = sum(pss for _, pss in measured)
+        for batch in it:
+            batches += 1
+            samples += batch_len(batch)
+        batch = None
+        t2 = time.perf_counter()
+        result.update(batches=batches, samples=samples, wall_s=t2 - t1, epoch_s=t2 - t0,
+                      samples_per_s=(samples - result["batch_size"]) / (t2 - t1),
+                      worker_uss_start_max_mb=max(result["worker_uss_start_mb"]),
+                      worker_uss_end_max_mb=max(result["worker_uss_end_mb"]))
+        t = time.perf_counter()
+        run.adapter.shutdown(run.loader, it)
+        result["teardown_s"] = time.perf_counter() - t
     except Exception as exc:
         _error(result, exc)
     return run.finish(result)

@@ -33,6 +33,9 @@ _DICT_IMAGE_SHAPE = (3, 32, 32)  # the small array inside each `dict_strings` sa
 _DICT_POOL = 256
 _STREAM_FEATURES = 256  # float32 features per `iterable` sample (1 KiB)
 _STREAM_POOL = 1024
+SHARED_DICT_ITEMS = 1_000_000  # `shared_dicts`: a million small annotation dicts, about
+#                               300 MiB as Python objects (torch issue #13246's case)
+SHARED_IMAGE_ITEMS = 2048  # `shared_arrays`: a list of 3x224x224 uint8 images (294 MiB)
 
 
 # ---------------------------------------------------------------------- datasets
@@ -134,6 +137,51 @@ class DictStringsDataset:
         }
 
 
+class DictListDataset:
+    """Annotations kept as a Python list of small dicts (file name, id, label): the
+    dataset every DataLoader worker used to copy, by reference counts under fork and by
+    unpickling under spawn."""
+
+    def __init__(self, length: int) -> None:
+        self.items = [{"id": i, "file_name": f"images/{i:012d}.jpg", "label": i % 1000}
+                      for i in range(length)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class ArrayListDataset:
+    """Images kept as a Python list of numpy arrays, with their labels."""
+
+    def __init__(self, length: int) -> None:
+        rng = np.random.default_rng(_SEED)
+        self.images = [rng.integers(0, 256, _IMAGE_SHAPE, dtype=np.uint8)
+                       for _ in range(length)]
+        self.labels = rng.integers(0, 1000, length).tolist()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.images[i], self.labels[i]
+
+
+_SHARED_BUILT: dict = {}  # one instance per (class, size) for every loader: ~300 MiB each
+
+
+def _shared(cls: type) -> Callable[[str, int], Any]:
+    def build(flavour: str, length: int) -> Any:
+        key = (cls, length)
+        if key not in _SHARED_BUILT:
+            _SHARED_BUILT.clear()  # at most one of them alive at a time
+            _SHARED_BUILT[key] = cls(length)
+        return _SHARED_BUILT[key]
+    return build
+
+
 class StreamLogic:
     """An endless-looking stream of 1 KiB samples, sharded by ``get_worker_info``.
 
@@ -174,8 +222,9 @@ class Workload:
     """A named dataset recipe with its batch size and default worker counts.
 
     ``kind`` picks the measurement: "throughput" (steady-state batches), "cold_start"
-    (a fresh loader per run, time to first batch) or "warm_epochs" (persistent workers
-    over several short epochs).
+    (a fresh loader per run, time to first batch), "warm_epochs" (persistent workers
+    over several short epochs) or "memory" (one shuffled epoch of a fixed dataset: each
+    worker's USS at its start and end, the PSS of all processes, TTFB).
     """
 
     name: str
@@ -190,6 +239,7 @@ class Workload:
     resizable: bool = True  # the dataset has a settable ``length`` (ours do; a user's not)
     start_methods: tuple = field(default=("fork",))
     loaders: tuple | None = None  # only these loaders run it (None: every loader)
+    items: int = 0  # a fixed dataset size, for "memory" workloads (--items overrides it)
 
 
 def _map(cls: type) -> Callable[[str, int], Any]:
@@ -219,4 +269,16 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
              start_methods=("fork", "spawn")),
     Workload("warm_epochs", "persistent workers over several short epochs (image data)",
              _map(ImageDataset), 64, workers=(2,), kind="warm_epochs"),
+    Workload("shared_dicts", f"{SHARED_DICT_ITEMS:,} small dicts in a list: worker memory "
+             "and TTFB over one shuffled epoch", _shared(DictListDataset), 512,
+             workers=(2,), kind="memory", resizable=False, items=SHARED_DICT_ITEMS,
+             start_methods=("fork", "spawn", "forkserver")),
+    Workload("shared_arrays", f"{SHARED_IMAGE_ITEMS:,} 3x224x224 uint8 arrays in a list: "
+             "worker memory, TTFB, reading speed", _shared(ArrayListDataset), 64,
+             workers=(2,), kind="memory", resizable=False, items=SHARED_IMAGE_ITEMS,
+             start_methods=("fork", "spawn", "forkserver")),
+    Workload("shared_arrays_warm", "the same list of arrays read by persistent workers: "
+             "reading speed once every page is mapped", _shared(ArrayListDataset), 64,
+             workers=(2,), kind="warm_epochs", resizable=False, items=SHARED_IMAGE_ITEMS,
+             start_methods=("fork", "spawn", "forkserver")),
 ]}

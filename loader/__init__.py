@@ -7,6 +7,7 @@ Importing this package never imports torch; where torch is already imported, our
 are also subclasses of torch's (``loader/_torch_classes.py``).
 """
 
+from loader.backends import RayBackend
 from loader.collate import default_collate, default_collate_fn_map, default_convert
 from loader.dataloader import DataLoader, StatefulDataLoader
 from loader.dataset import (
@@ -21,6 +22,8 @@ from loader.dataset import (
 )
 from loader.distributed import DistributedSampler
 from loader.errors import StallWarning, WorkerError
+from loader.ipc.shared_dict import SharedDict
+from loader.ipc.shared_views import SharedList, SharedTuple
 from loader.sampler import (
     BatchSampler,
     RandomSampler,
@@ -43,8 +46,12 @@ __all__ = [
     "DistributedSampler",
     "IterableDataset",
     "RandomSampler",
+    "RayBackend",
     "Sampler",
     "SequentialSampler",
+    "SharedDict",
+    "SharedList",
+    "SharedTuple",
     "StackDataset",
     "Stateful",
     "StatefulDataLoader",

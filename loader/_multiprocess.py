@@ -87,8 +87,9 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
         self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
         self._pool: WorkerBackend | None = None
+        kind, engine_args = loader._backend_spec()
         self._pool = make_backend(
-            "local", num_workers=self._num_workers, context=loader._worker_context(),
+            kind, **engine_args, num_workers=self._num_workers,
             dataset=self._dataset, iterable=self._iterable,
             auto_collation=self._auto_collation, collate_fn=self._collate_fn,
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
@@ -97,7 +98,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
             thread_limit=_THREAD_LIMIT, on_error=loader.on_error,
             track_state=self._heal.tracks_replicas, seeding=self._seeding,
             seed_epoch=self._progress.epoch, snapshot_every=self._ledger.worker_every,
-            restore=self._restore)
+            restore=self._restore, share_dataset=loader.share_dataset)
         if self._autotune is not None:
             self._recorder.autotune = self._autotune.report(self._num_workers)
         self._reset(loader, first_iter=True)  # queues the first tasks before any fork

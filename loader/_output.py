@@ -42,8 +42,20 @@ def _numpy_to_torch(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in _NO_TORCH_KINDS:
             return obj
+        if not obj.flags.writeable:
+            return _readonly_to_torch(obj)
         return sys.modules["torch"].from_numpy(obj.view(np.ndarray))
     return _NOT_A_LEAF
+
+
+def _readonly_to_torch(array: np.ndarray) -> Any:
+    """A tensor on a read-only array without torch's "not writable" warning. Such arrays
+    come from Ray's object store (``worker_backend="ray"``): the memory is the batch's
+    alone and mapped writable on this node, and Ray's read-only flag only guards the
+    immutability of objects others may read, which no one else does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return sys.modules["torch"].from_numpy(array.view(np.ndarray))
 
 
 def _torch_to_numpy(obj: Any) -> Any:

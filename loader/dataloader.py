@@ -23,6 +23,7 @@ from loader import _output
 from loader._random import as_source, torch_view
 from loader._torch_classes import TorchNamesake, adopt_torch_bases
 from loader.autotune import AutoTuner, AutoWorkers, initial_workers
+from loader.backends import resolve_backend
 from loader.collate import default_collate, default_convert
 from loader.dataset import is_iterable_dataset
 from loader.iterators import BaseIter, SingleProcessIter
@@ -89,10 +90,17 @@ class DataLoader(TorchNamesake, Generic[T_co]):
     Every argument of ``torch.utils.data.DataLoader`` is accepted with torch's meaning.
     Our own additions: ``output`` ("auto", "numpy" or "torch"; see ``loader/_output.py``),
     ``num_workers="auto"``, which sizes the pool from measurements
-    (``loader/autotune.py``), and self-healing (``loader/_healing.py``):
+    (``loader/autotune.py``), self-healing (``loader/_healing.py``):
     ``stall_warning_s`` (warn with the stuck worker's stacks when a batch is that late; 0:
     off), ``worker_restarts`` (replace up to that many dead or stuck workers per epoch) and
-    ``on_error="skip"`` (leave out samples whose fetch raises; ``stats().skipped``).
+    ``on_error="skip"`` (leave out samples whose fetch raises; ``stats().skipped``),
+    ``share_dataset``: with workers, the dataset's large lists, tuples and dicts of plain
+    values and (spawn, forkserver) its large arrays are put once in shared memory that every
+    worker maps, instead of one copy per worker (``workers/shipping.py``); ``False`` gives
+    every worker its own copy, as torch does; and ``worker_backend`` ("local", "ray" or a
+    :class:`~loader.backends.RayBackend`; None: the ``LOADER_WORKER_BACKEND`` environment
+    variable, else "local"; ``loader/backends.py``), which runs the workers as Ray actors on
+    a cluster.
 
     Built while torch is imported, it is also a ``torch.utils.data.DataLoader``
     (``loader/_torch_classes.py``). Frameworks rebuild loaders from their attributes and
@@ -139,6 +147,8 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         on_error: str = "raise",
         snapshot_every_n_steps: int | None = 1,
         seeding: str = "per_worker",
+        share_dataset: bool = True,
+        worker_backend: Any = None,
     ) -> None:
         autotune = num_workers == "auto" or isinstance(num_workers, AutoWorkers)
         if autotune:
@@ -163,6 +173,8 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
         _check_healing(stall_warning_s, worker_restarts, on_error, num_workers)
+        self._backend_kind, self._ray_options = resolve_backend(
+            worker_backend, "auto" if autotune else num_workers, multiprocessing_context)
         if seeding not in SEEDINGS:
             raise ValueError(f"seeding should be one of {SEEDINGS!r}, but got {seeding!r}")
         if snapshot_every_n_steps is not None and (
@@ -182,6 +194,7 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         self.stall_warning_s = stall_warning_s
         self.worker_restarts = worker_restarts
         self.on_error = on_error
+        self.worker_backend = worker_backend  # as given: a rebuilt loader resolves it again
 
         self._dataset_kind_iterable = is_iterable_dataset(dataset)
         if self._dataset_kind_iterable:
@@ -247,6 +260,7 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         self.output = output
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.seeding = seeding
+        self.share_dataset = share_dataset
 
         self.__initialized = True
         self._IterableDataset_len_called: int | None = None
@@ -300,6 +314,12 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         ctx = self.multiprocessing_context
         return multiprocess.get_context() if ctx is None else _as_context(ctx)
 
+    def _backend_spec(self) -> tuple[str, dict]:
+        """The worker engine and its own arguments, for ``make_backend``."""
+        if self._backend_kind == "ray":
+            return "ray", {"options": self._ray_options, "owner": self}
+        return "local", {"context": self._worker_context()}
+
     def __setattr__(self, attr: str, val: Any) -> None:
         if self.__initialized and attr in _FROZEN:
             raise ValueError(
@@ -352,8 +372,8 @@ class DataLoader(TorchNamesake, Generic[T_co]):
 
     def check_worker_number_rationality(self) -> None:
         """Warn, as torch does, when more workers are asked for than there are CPUs."""
-        if not self.num_workers:
-            return
+        if not self.num_workers or self._backend_kind == "ray":
+            return  # Ray actors use the cluster's CPUs, not this machine's
         suggest = _cpu_count()
         if suggest is not None and self.num_workers <= suggest:
             return
@@ -384,6 +404,9 @@ class DataLoader(TorchNamesake, Generic[T_co]):
         iterator, self._iterator = self._iterator, None
         if iterator is not None and hasattr(iterator, "close"):
             iterator.close()
+        if self._backend_kind == "ray":
+            from loader.workers import ray_session  # imports no Ray
+            ray_session.leave(self)
 
     # ------------------------------------------------------------------ resume
 

@@ -121,6 +121,23 @@ def test_user_dataset_factory(tmp_path):
         assert all(r["samples_per_s"] > 0 for r in measured), measured
 
 
+def test_memory_workload(tmp_path):
+    """A shared_dicts run, small: every start method, USS and PSS reported. Ours only: on a
+    loaded machine torch's spawned workers can take longer to exit than the suite's leak
+    check allows, which fails the command (the full run measures torch too)."""
+    proc, result = _bench(tmp_path, "--workloads", "shared_dicts", "--items", "5000",
+                          "--loaders", "ours")
+    rows = result["rows"]
+    assert {r["workload"] for r in rows} == {
+        "shared_dicts/fork", "shared_dicts/spawn", "shared_dicts/forkserver"}
+    for row in rows:
+        assert not row.get("errors"), row
+        assert row["ttfb_s"] > 0 and row["pss_sum_mb"] > 0, row
+        assert len(row["worker_uss_start_mb"]) == len(row["worker_uss_end_mb"]) == 2, row
+        assert row["samples"] == 5000, row
+    assert "worker USS MiB start → end" in proc.stdout
+
+
 @pytest.mark.parametrize("args", [["--loaders", "nope"], ["--workloads", "nope"]])
 def test_bad_names_are_refused(tmp_path, args):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out",
@@ -128,6 +145,20 @@ def test_bad_names_are_refused(tmp_path, args):
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode != 0
     assert "nope" in proc.stderr
+
+
+def test_ray_engine_against_the_local_one(tmp_path):
+    """ours-ray runs on a local Ray cluster the suite starts once, and the report sets its
+    per-batch cost against ours on the same cells."""
+    proc, result = _bench(tmp_path, "--loaders", "ours,ours-ray", "--workloads", "tiny",
+                          "--workers", "0,2")
+    rows = {(r["loader"], r["num_workers"]): r for r in result["rows"]}
+    assert rows[("ours-ray", 0)]["skipped"].startswith("workers are Ray actors")
+    ray_row = rows[("ours-ray", 2)]
+    assert not ray_row.get("errors") and ray_row["samples_per_s"] > 0, ray_row
+    assert ray_row["worker_cpu_us_per_batch"] > 0  # the actors are counted as its workers
+    assert "engine overhead: ours-ray vs ours on tiny w=2:" in proc.stdout
+    assert result["leftover_pids"] == []
 
 
 def test_state_dict_probe(tmp_path):

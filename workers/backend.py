@@ -23,7 +23,8 @@
   new worker with the same id and seeds in its place and :meth:`~WorkerBackend.kill` ends a
   stuck one. A replacement must never write memory a batch the main process still holds
   lives in.
-- ``workers/pool.py`` (local processes, memfd slots, pyzmq) is the default engine; another
+- ``workers/pool.py`` (local processes, memfd slots, pyzmq) is the default engine;
+  ``workers/ray_pool.py`` (Ray actors, the object store) is the ``"ray"`` one. Another
   engine is one new module implementing this protocol plus a line in :func:`make_backend`.
 """
 
@@ -33,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["BACKENDS", "WorkerBackend", "make_backend"]
 
-BACKENDS = ("local",)  # the values DataLoader(worker_backend=...) accepts
+BACKENDS = ("local", "ray")  # the values DataLoader(worker_backend=...) accepts
 
 
 @runtime_checkable
@@ -117,9 +118,20 @@ def make_backend(kind: str, **spec: Any) -> WorkerBackend:
     """The engine ``kind`` (one of :data:`BACKENDS`) for the iterator's worker ``spec``:
     ``num_workers``, ``context``, ``dataset``, ``iterable``, ``auto_collation``,
     ``collate_fn``, ``drop_last``, ``worker_init_fn``, ``base_seed``, ``slots_per_worker``,
-    ``thread_limit``, ``on_error`` ("raise"/"skip", for ``workers/fetch.py``) and
-    ``track_state`` (send each batch's replica position in a ``BatchNote``)."""
+    ``thread_limit``, ``on_error`` ("raise"/"skip", for ``workers/fetch.py``),
+    ``track_state`` (send each batch's replica position in a ``BatchNote``), ``seeding``,
+    ``seed_epoch``, ``snapshot_every`` and ``restore`` (resume, ``loader/state.py``) and
+    ``share_dataset`` (``workers/shipping.py``). An engine ignores what does not apply to it
+    and says so in its constructor."""
     if kind == "local":
         from loader.workers.pool import WorkerPool
         return WorkerPool(**spec)
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401  (only this engine needs it)
+        except ImportError as exc:
+            raise ImportError("worker_backend='ray' needs Ray, which is not installed: "
+                              "pip install 'loader[ray]'") from exc
+        from loader.workers.ray_pool import RayPool
+        return RayPool(**spec)
     raise ValueError(f"worker_backend should be one of {BACKENDS!r}, but got {kind!r}")

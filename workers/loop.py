@@ -2,7 +2,7 @@
 
 ```
  main ──Task/Resume/Stop──▶ task ring (ipc/channel.py) + this worker's doorbell
-                             │ fetch + collate (workers/fetch.py) into a free slot
+                             │ fetch + collate + encode (workers/task.py) into a free slot
  main ◀──Result/Failure/IterEnd/EmptyBatch/BatchNote── result ring + the pool's doorbell
           (a record too big for its ring goes by zmq, its place kept by a SPILL record)
 ```
@@ -19,6 +19,8 @@
   Stateful replica's position rides in the same note.
 - Per batch the worker pays one task record read, one result record write and one
   doorbell ``write``; it sleeps in ``poll`` only when its task ring is empty.
+- A user's ``collate_fn`` runs with numpy's stack and concatenate landing in the slot
+  (``workers/landing.py``); the defaults allocate there already.
 - A replacement worker (``WorkerPool.restart``) is this same loop started with the dead
   worker's id, the count of results published in each slot that the main process last
   received (so slots whose batches the user holds stay taken), and the replica position
@@ -32,43 +34,39 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import gc
 import os
-import pickle
 import select
 import signal
 import sys
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from time import perf_counter, thread_time
 from typing import Any, Callable
 
 import zmq
 
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
-from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell, open_pipe_end
-from loader.ipc.messages import (BatchNote, EmptyBatch, Failure, IterEnd, Result, Resume,
-                                 Stop, Task, pack, unpack)
 from loader import collate
-from loader.worker_info import WorkerInfo, _set_worker_info
-from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
+from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell, open_pipe_end
+from loader.ipc.messages import Result, Resume, Stop, Task, pack, unpack
 from loader.workers.landing import landing_collate
 from loader.workers.progress import ProgressWord
-from loader.workers.seeding import BatchSeeder, seed_worker
+from loader.workers import shipping
+from loader.workers.task import SKIP, Encoded, EpochState, RunningTotals, fetch_and_encode
 from loader.workers.threads import limit_threads
 
 __all__ = ["WorkerSpec", "worker_main"]
-
-# collate functions that allocate their arrays in the slot already (loader/collate.py)
-_DEFAULT_COLLATES = (collate.collate_arrays, collate.convert_arrays, collate.default_collate,
-                     collate.default_convert)
 
 _PARENT_CHECK_MS = 1000  # how often a worker without a pidfd checks that its parent lives
 _TIMER_SLACK_NS = 1_000  # a worker's timer slack (Linux default 50 us): a dataset that waits
 #                         with sleeps or timeouts (rate limits, retries, remote queues) wakes
 #                         within ~1 us of its deadline; 16 sleeps of 2 ms overshot by ~3%
 _PR_SET_TIMERSLACK = 29  # prctl option (linux/prctl.h)
+# collate functions that allocate their arrays in the slot already (loader/collate.py)
+_DEFAULT_COLLATES = (collate.collate_arrays, collate.convert_arrays, collate.default_collate,
+                     collate.default_convert)
 
 
 @dataclass
@@ -105,58 +103,8 @@ class WorkerSpec:
     seed_epoch: int = 0  # the loader's epoch, for per-batch seeds
     snapshot_every: int = 0  # take the replica's resume entry every N batches (0: never)
     restore: Any = None  # where this worker's replica starts after a resume (loader/state.py)
-
-
-class _Epoch:
-    """Per-epoch state: seeds, worker info, the fetcher and any start-up failure.
-
-    A resume's ``restore`` marked ``epoch_start`` (a persistent worker's dataset as the
-    last epoch left it) is loaded before seeding, as that dataset was when its worker was
-    reseeded; any other (a position inside the epoch) after ``worker_init_fn``, where it
-    was taken.
-    """
-
-    def __init__(self, spec: WorkerSpec, epoch: int, base_seed: int, run_init: bool,
-                 collate_fn: Callable, replica_state: dict | None = None,
-                 seed_epoch: int = 0, restore: Any = None) -> None:
-        self.epoch = epoch
-        self.ended = False
-        self.fetcher = None
-        self.init_error: Failure | None = None
-        if restore is not None and restore.get("epoch_start"):
-            try:
-                load_dataset_state(spec.dataset, restore.get("entry"), copy_state=False)
-            except Exception as exc:
-                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
-            restore = None
-        seed, rng = seed_worker(base_seed, spec.worker_id)
-        _set_worker_info(WorkerInfo(id=spec.worker_id, num_workers=spec.num_workers, seed=seed,
-                                    dataset=spec.dataset, rng=rng, epoch=epoch))
-        if run_init and spec.worker_init_fn is not None:
-            try:
-                spec.worker_init_fn(spec.worker_id)
-            except Exception as exc:  # reported as the reply to this epoch's first task
-                self.init_error = _failure(exc, epoch, -1, spec.worker_id, None)
-        seeder = BatchSeeder(base_seed, seed_epoch, rng, keep_user_state=False) \
-            if spec.seeding == "per_batch" else None
-        try:
-            self.fetcher = make_fetcher(spec.iterable, spec.dataset, spec.auto_collation,
-                                        collate_fn, spec.drop_last, spec.on_error,
-                                        replica_state, seeder=seeder,
-                                        every=spec.snapshot_every, worker_id=spec.worker_id,
-                                        restore=restore)
-        except Exception as exc:  # an IterableDataset's __iter__ (or a restore) raised
-            self.init_error = self.init_error or _failure(exc, epoch, -1, spec.worker_id, None)
-
-
-def _failure(exc: BaseException, epoch: int, batch_id: int, worker_id: int,
-             indices: Any) -> Failure:
-    try:
-        exc_type = pickle.dumps(type(exc))
-    except Exception:  # a local exception class: the main process raises RuntimeError
-        exc_type = None
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Failure(epoch, batch_id, worker_id, type(exc).__name__, exc_type, text, indices)
+    shipment: Any = None  # spawn / forkserver: where the image holds dataset, collate_fn
+    #                       and worker_init_fn (workers/shipping.py); those fields are None
 
 
 def _parent_watch(main_pid: int) -> int | None:
@@ -197,22 +145,16 @@ class _Worker:
         self.poller.register(self.bell.read_fd, select.POLLIN)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, select.POLLIN)
-        self.totals = [0, 0, 0.0, 0.0, 0.0, 0.0]  # batches, samples, fetch, collate, encode, cpu
-        collate_fn = spec.collate_fn
-        if collate_fn not in _DEFAULT_COLLATES:
-            collate_fn = landing_collate(collate_fn, self.writer.alloc)  # workers/landing.py
-        self.collate_fn = collate_fn
-        self.state = _Epoch(spec, spec.epoch, spec.base_seed, True, collate_fn,
-                            replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
-                            restore=spec.restore)
-        self.cpu0 = thread_time()  # CPU before the first task (start-up is not per batch)
-        self.pid = os.getpid()  # sent with the totals: a restarted worker counts anew
+        self.totals = RunningTotals()
+        if spec.collate_fn not in _DEFAULT_COLLATES:  # workers/landing.py
+            spec.collate_fn = landing_collate(spec.collate_fn, self.writer.alloc)
+        self.state = EpochState(spec, spec.epoch, spec.base_seed, run_init=True,
+                                replica_state=spec.replica_state, seed_epoch=spec.seed_epoch,
+                                restore=spec.restore)
 
     def send(self, msg: Any) -> None:
-        self.send_record(pack(msg))
-
-    def send_record(self, record: bytes) -> None:
         """One record in the result ring, or the spill path when it does not fit."""
+        record = pack(msg)
         ring = self.result_ring
         if not ring.write(record):
             self.out.send(record)
@@ -273,9 +215,8 @@ class _Worker:
                 continue
             item = self.pending.popleft()
             if type(item) is Resume:
-                self.state = _Epoch(self.spec, item.epoch, item.base_seed, False,
-                                    self.collate_fn, seed_epoch=item.seed_epoch,
-                                    restore=item.restore)
+                self.state = EpochState(self.spec, item.epoch, item.base_seed, run_init=False,
+                                        seed_epoch=item.seed_epoch, restore=item.restore)
             else:
                 self.serve(item)
 
@@ -288,99 +229,34 @@ class _Worker:
         return -1
 
     def serve(self, task: Task) -> None:
-        """Answer ``task``: every task gets exactly one reply, unless it is stale or this
-        replica has already reported its end (the main process then expects none)."""
-        state, wid = self.state, self.spec.worker_id
-        if task.epoch != state.epoch or state.ended:
-            return
-        if state.init_error is not None:
-            failure, state.init_error = state.init_error, None
-            self.send(failure._replace(batch_id=task.batch_id, indices=task.indices))
-            return
-        if state.fetcher is None:  # the replica could not start: it has nothing to give
-            state.ended = True
-            self.send(IterEnd(task.epoch, task.batch_id, wid))
+        """Answer ``task`` (``EpochState.precheck`` says which tasks get no reply); a
+        BatchNote, when there is one, goes just before the reply."""
+        state = self.state
+        early = state.precheck(task.epoch, task.batch_id, task.indices)
+        if early is not None:
+            if early is not SKIP:
+                self.send(early)
             return
         self.progress.started(task.epoch, task.batch_id)
         slot = self.free_slot()
         writer = self.writer
         writer.begin(slot)
-        previous = collate.use_allocator(writer.alloc)
-        note = None
-        try:
-            batch = state.fetcher.fetch(task.indices, task.batch_id)
-            note = self.note(task, state.fetcher)
-            t0 = perf_counter()
-            kind, payload, spans = codec.encode(batch, writer)
-            encode_s = perf_counter() - t0
-            del batch
-        except StopIteration as exc:
-            writer.end()
-            if not self.spec.iterable:  # a map dataset raised it: an error, as in torch
-                self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
-                return
-            state.ended = True
-            self.send_note(task, state.fetcher, with_state=False)
-            self.send(IterEnd(task.epoch, task.batch_id, wid, self.end_state()))
-            return
-        except BatchSkipped:
-            writer.end()
-            self.send_note(task, state.fetcher)
-            self.send(EmptyBatch(task.epoch, task.batch_id, wid))
-            return
-        except Exception as exc:
-            writer.end()
-            self.send(_failure(exc, task.epoch, task.batch_id, wid, task.indices))
-            return
-        finally:
-            collate.use_allocator(previous)
+        note, out = fetch_and_encode(state, writer, task.epoch, task.batch_id, task.indices)
         size = writer.end()
+        if note is not None:
+            self.send(note)
+        if type(out) is not Encoded:  # a Failure, IterEnd or EmptyBatch
+            self.send(out)
+            return
         gen = 0
-        if kind == codec.INBAND or size == 0:
+        if out.kind == codec.INBAND or size == 0:
             slot, size = -1, 0
         else:
             self.published[slot] += 1
             gen = self.published[slot]
-        fetcher, totals = state.fetcher, self.totals
-        totals[0] += 1
-        totals[1] += fetcher.count
-        totals[2] += fetcher.fetch_s
-        totals[3] += fetcher.collate_s
-        totals[4] += encode_s
-        totals[5] = thread_time() - self.cpu0  # the whole loop's, read once per batch
-        if note is not None:
-            self.send_record(note)
-        entry = getattr(fetcher, "entry", None)  # a resume entry (TrackedFetcher)
-        self.send(Result(task.epoch, task.batch_id, wid, slot, size, gen, kind, spans,
-                         (*totals, self.pid), payload, entry))
-
-    def end_state(self) -> Any:
-        """The Stateful dataset's state as its ended replica leaves it (None otherwise);
-        a persistent worker's next epoch starts from it after a resume."""
-        try:
-            return end_state(self.spec.dataset)
-        except Exception:  # nowhere to report it: such a resumed next epoch starts fresh
-            return None
-
-    def note(self, task: Task, fetcher: Any, with_state: bool = True) -> bytes | None:
-        """The packed BatchNote for the batch just fetched, or None when there is nothing to
-        say (the default path: no skips, no restarts). Raises what ``state_dict()`` or
-        pickling its result raises, so that it becomes this batch's Failure."""
-        skipped = fetcher.skipped
-        position = fetcher.state() if with_state and self.spec.track_state else None
-        if not skipped and position is None:
-            return None
-        return pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id, tuple(skipped),
-                              position))
-
-    def send_note(self, task: Task, fetcher: Any, with_state: bool = True) -> None:
-        try:
-            note = self.note(task, fetcher, with_state)
-        except Exception:  # the batch has no samples to lose; its skips are lost with it
-            note = pack(BatchNote(task.epoch, task.batch_id, self.spec.worker_id,
-                                  tuple(fetcher.skipped), None))
-        if note is not None:
-            self.send_record(note)
+        self.send(Result(task.epoch, task.batch_id, self.spec.worker_id, slot, size, gen,
+                         out.kind, out.spans, self.totals.add(out.timing), out.payload,
+                         out.entry))
 
     def close(self) -> None:
         self.out.close(linger=1000)
@@ -409,6 +285,9 @@ def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _tight_timers()
+    # what the worker inherited (fork, or the fork server's heap) or imported so far leaves
+    # the collector's sight: a full collection would write to every page of it
+    gc.freeze()
     for fd in spec.close_fds:
         try:
             os.close(fd)
@@ -421,6 +300,8 @@ def worker_main(spec: WorkerSpec) -> None:
     code = 0
     worker = None
     try:
+        if spec.shipment is not None:
+            spec.dataset, spec.collate_fn, spec.worker_init_fn = shipping.unpack(spec.shipment)
         worker = _Worker(spec)
         worker.run()
     except BaseException:  # an engine failure: say so on stderr, exit non-zero

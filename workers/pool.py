@@ -11,9 +11,12 @@ machine, their memfd slots and control channels; start, talk, notice death, shut
                  PULL ◀─ ipc://@<run>-results-k.g (g: the worker's generation)
    poller: the results doorbell, the spill socket and every worker's sentinel
    arenas: one per worker (ipc/arena.py); a lease stores its release in the channel
+   shipment: one image of the dataset for all workers (workers/shipping.py)
 ```
 
-- The parent: :meth:`submit` writes a task record into worker k's ring and rings k;
+- The parent: before any worker starts, ships the dataset once (forked workers inherit
+  views of the image; spawned ones get its ticket and, cheap to start, all start at once).
+  :meth:`submit` writes a task record into worker k's ring and rings k;
   :meth:`receive` reads the next record from any ring (the one asked for first), with no
   system call while records are waiting; it sleeps in one ``poll`` only when every ring
   is empty, and wakes at once when a worker rings or dies. A death is reported only after
@@ -26,10 +29,10 @@ machine, their memfd slots and control channels; start, talk, notice death, shut
   slot whose batch the user still holds is free only once that lease is dropped.
 - The worker: ``workers/loop.py``.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
-  timeout, SIGKILL survivors, close sockets, pipes and slots). Iterator exhaustion,
-  ``close()``, garbage collection, errors and interpreter exit all end here. Sockets live
-  in Linux's abstract namespace and slots, channels and pipes are anonymous, so nothing
-  is left on disk even after kill -9.
+  timeout, SIGKILL survivors, close sockets, pipes, slots and the image). Iterator
+  exhaustion, ``close()``, garbage collection, errors and interpreter exit all end here.
+  Sockets live in Linux's abstract namespace and slots, channels, pipes and the image are
+  anonymous, so nothing is left on disk even after kill -9.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
 from loader.workers.progress import ProgressWord
 from loader.workers.seeding import warm_before_fork
+from loader.workers.shipping import Shipment, prepare
 from loader.workers.threads import scan_before_fork
 
 __all__ = ["WorkerPool"]
@@ -103,7 +107,8 @@ class WorkerPool:
                  worker_init_fn: Any, base_seed: int, slots_per_worker: int,
                  thread_limit: int | None, on_error: str = "raise",
                  track_state: bool = False, seeding: str = "per_worker", seed_epoch: int = 0,
-                 snapshot_every: int = 0, restore: list | None = None) -> None:
+                 snapshot_every: int = 0, restore: list | None = None,
+                 share_dataset: bool = True) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
         self._closed = False
@@ -146,20 +151,38 @@ class WorkerPool:
         # per worker: where its replica starts this epoch after a resume (loader/state.py);
         # a replacement with no replica position of its own starts there too
         self._restore: list = list(restore or [])
+        self.shipment: Shipment | None = None
         _LIVE_POOLS.add(self)
         try:
             check_before_start(num_workers * slots_per_worker * _MIN_SLOT_BYTES,
                                f"the first batches of {num_workers} workers")
+            if share_dataset:
+                self._ship(dataset, collate_fn, worker_init_fn)
             if self._inherited:
                 warm_before_fork()
                 scan_before_fork()
-            else:
+            elif self.shipment is None:
                 check_picklable(dataset=dataset, collate_fn=collate_fn,
                                 worker_init_fn=worker_init_fn)
             self.add_workers(num_workers, epoch=0, base_seed=base_seed)
         except BaseException:
             self.shutdown()
             raise
+
+    def _ship(self, dataset: Any, collate_fn: Any, worker_init_fn: Any) -> None:
+        """Prepare the one image of the dataset every worker maps (workers/shipping.py);
+        the workers then get views of it (fork) or its ticket instead of the objects."""
+        shipment = prepare(dataset, collate_fn, worker_init_fn, inherit=self._inherited)
+        if shipment is None:
+            return  # too little memory: every worker gets its own copy
+        self.shipment = shipment
+        if shipment.image is not None:
+            _ALL_SLOT_FDS.add(shipment.image.fd)  # closed in other pools' forked workers
+        if shipment.objects is not None:
+            objects = dict(zip(("dataset", "collate_fn", "worker_init_fn"), shipment.objects))
+        else:
+            objects = dict(dataset=None, collate_fn=None, worker_init_fn=None)
+        self._spec.update(objects, shipment=shipment.ticket)
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
         """Prepare ``count`` more workers (ids continue from the current count): their
@@ -240,6 +263,8 @@ class WorkerPool:
         """Start prepared worker processes: ``count`` of them, or all. The rest start one
         at a time whenever :meth:`receive` would otherwise wait (so the first batch does
         not wait for every fork)."""
+        if self.shipment is not None and self.shipment.ticket is not None:
+            count = None  # a start costs the main process a few ms: start all, in parallel
         for k, process in enumerate(self._processes):
             if self._pids[k] is not None:
                 continue
@@ -255,6 +280,9 @@ class WorkerPool:
             freeze.fork(process.start)  # the child never walks the parent's objects
         else:
             process.start()
+        # the child has its spec now (forked or pickled); the parent's copy would keep the
+        # dataset's shared views, and so the image, alive until a gc after shutdown
+        process._args = ()
         self._pids[worker_id] = process.pid
         self._sentinels[worker_id] = process.sentinel
         self._poller.register(process.sentinel, zmq.POLLIN)
@@ -566,6 +594,12 @@ class WorkerPool:
             _ALL_SLOT_FDS.discard(progress.fd)
             progress.close()
         self._progress = []
+        shipment, self.shipment = self.shipment, None
+        if shipment is not None:
+            if shipment.image is not None:
+                _ALL_SLOT_FDS.discard(shipment.image.fd)
+            shipment.close()
+        self._spec = {}
         self.exited = [ExitedWorker(p.pid, p.name, p.exitcode) for _, p in started]
         for _, process in started:
             try:
