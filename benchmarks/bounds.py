@@ -5,8 +5,9 @@
    tiny, dict_strings, image: ours w=0 and w=2, torch w=2
    image_npcollate: ours w=2, SPDL w=2 (process pool and thread pipeline)
  latency: 1,200 samples of 2 ms, batch 16, 8 persistent workers (runs.warm_run)
- torch imported: the `cpu` workload, 2 workers, 3 fresh epochs, in child interpreters
-   with and without `import torch` (and a torch op) first, interleaved
+ torch imported: the `cpu` workload, 2 workers, 3 epochs of one loader (workers forked
+   per epoch), in child interpreters with and without `import torch` (and a torch op)
+   first, interleaved
  auto: first epoch on the 2 ms dataset (2,000 samples, batch 16) against the best fixed
    count's first epoch; on `tiny`, its settled rate against num_workers=0
 ─▶ one table: bound, measured, pass/fail; background load; --json PATH
@@ -98,11 +99,11 @@ _TORCH_CHILD = textwrap.dedent("""
                 full_gc[0] += time.perf_counter() - t[0]
     gc.callbacks.append(watch)
     out = []
-    for epoch in range(EPOCHS):
+    loader = DataLoader(CpuDataset(SAMPLES), batch_size=16, num_workers=2, output="numpy")
+    for epoch in range(EPOCHS):  # as a training loop: built once, workers forked per epoch
         c0, g0 = os.times(), full_gc[0]
         t0 = time.perf_counter()
-        for _ in DataLoader(CpuDataset(SAMPLES), batch_size=16, num_workers=2,
-                            output="numpy"):
+        for _ in loader:
             pass
         wall = time.perf_counter() - t0
         c1 = os.times()
