@@ -59,13 +59,13 @@ def factory():
 def test_stats_counts_and_names_the_limiter():
     loader = DataLoader(np.arange(1000), batch_size=10, num_workers=2)
     for _ in loader:
-        time.sleep(0.003)  # a slow consumer
+        time.sleep(0.008)  # a slow consumer: one scheduling hiccup must not outweigh it
     stats = loader.stats()
     assert stats.epoch.batches == 100 and stats.epoch.samples == 1000
     assert sum(w.batches for w in stats.epoch.workers) == 100
     assert all(w.batches == 50 for w in stats.epoch.workers)  # round robin
-    assert stats.epoch.consumer_s > 0.25
-    assert stats.limiter == "consumer"
+    assert stats.epoch.consumer_s > 0.7
+    assert stats.limiter == "consumer", stats.summary
     assert "1,000" not in stats.summary or "samples/s" in stats.summary
     assert "consumer" in stats.summary
 
