@@ -36,11 +36,32 @@ def _shm_entries() -> set[str]:
 
 
 def _children() -> list[psutil.Process]:
+    """Live descendants of the test process. One that ends while we look is left out by
+    itself: a race with one of Ray's short-lived workers must not empty the whole list
+    (an empty "before" would then blame the session's forkserver on the next test)."""
     try:
-        return [p for p in psutil.Process().children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE]
+        procs = psutil.Process().children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    alive = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _described(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            out.append(f"{p.pid} started {time.strftime('%H:%M:%S', time.localtime(p.create_time()))}: "
+                       f"{' '.join(p.cmdline())[:160]}")
+        except psutil.Error:
+            out.append(f"{p.pid} (gone)")
+    return out
 
 
 def _fd_count() -> int:
@@ -102,7 +123,7 @@ def no_leaks(request):
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    assert not left, f"worker processes outlived the test: {[p.pid for p in left]}"
+    assert not left, f"worker processes outlived the test: {_described(left)}"
     assert not leaked_shm, f"/dev/shm entries outlived the test: {sorted(leaked_shm)}"
     assert fds_after <= fds_before, (
         f"file descriptors leaked: {fds_before} before, {fds_after} after: "
