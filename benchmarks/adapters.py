@@ -194,4 +194,4 @@ ADAPTERS: dict[str, Adapter] = _registry()
 # (each right after its loader, so that their reps run back to back); ours-ray is opt-in:
 # it starts a local Ray cluster (seconds, hundreds of MB)
 DEFAULT_LOADERS = ("ours", "ours-state", "torch", "torchdata", "torchdata-state", "grain",
-                   "spdl")
+                   "spdl", "spdl-threads")

@@ -5,9 +5,9 @@
  memfd slot 0..S-1 (size 0) ──fds──▶ opens the same files (inherited, or /proc/<main>/fd/N)
                                       grows a free slot (ftruncate + fallocate), collates
                                       straight into it, pickles the batch with its large
- lease(slot, size, spans) ◀─Result── buffers left in the slot (offset, nbytes)
- zero-copy views; when the last view of a batch is collected the lease's finalizer
- queues (worker, slot) ──Release──▶ the slot is free again
+ lease(slot, size, gen) ◀─Result── buffers left in the slot (offset, nbytes)
+ zero-copy views; when the last view of a batch is collected the lease stores ``gen`` in
+ the channel's released[slot] (ipc/channel.py) ──▶ the worker sees the slot free again
 ```
 
 - **Ownership.** The main process creates every slot with ``memfd_create``: anonymous
@@ -17,7 +17,9 @@
   Docker) does not apply; memory is reserved with ``posix_fallocate`` when a slot grows,
   so a shortage is an error at that point, never a SIGBUS later.
 - **Who writes.** Only the worker writes a slot, and only while it is free: from the
-  release of its previous batch until the worker sends the next result in it.
+  release of its previous batch until the worker sends the next result in it. A slot is
+  free when ``released[slot]`` equals the number of results the worker published in it,
+  so a release is one store by the main process, seen by the worker without a message.
 - **Growth.** Slots start empty; a worker grows a slot when a batch needs more room. Both
   sides remap the same file; pages already written stay valid through the old mapping.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections import deque
+
 import numpy as np
 
 from loader.ipc import capacity
@@ -46,14 +48,16 @@ class ShmReserveError(MemoryError):
 
 class Lease(np.ndarray):
     """The per-batch view that every array of a batch keeps alive (a subclass, so numpy's
-    view collapsing stops here). When it is collected, its ``_release`` token, (queue,
-    (worker, slot)), goes on the queue; views of it carry no token and release nothing.
-    (``__del__`` costs a tenth of ``weakref.finalize`` per batch.)"""
+    view collapsing stops here). When it is collected, its ``_release`` token, (words,
+    index, gen), stores ``gen`` at ``words[index]``: the slot's release counter in the
+    worker's channel. Views of it carry no token and release nothing. (``__del__`` costs
+    a tenth of ``weakref.finalize`` per batch; the store is safe from any thread, since a
+    slot has one live lease at a time.)"""
 
     def __del__(self) -> None:
         token = self.__dict__.get("_release")
         if token is not None:
-            token[0].append(token[1])
+            token[0][token[1]] = token[2]
 
 
 def _byte_bounds(array: np.ndarray) -> tuple[int, int]:
@@ -78,16 +82,21 @@ def _map(fd: int, size: int) -> np.ndarray:
 
 
 class Arena:
-    """Main-process side of one worker's slots: creates them, maps them, leases them."""
+    """Main-process side of one worker's slots: creates them, maps them, leases them.
 
-    def __init__(self, worker_id: int, num_slots: int, released: deque) -> None:
+    ``words`` and ``release_index(slot)`` say where a slot's release counter lives (the
+    worker's channel, ``ipc/channel.py``)."""
+
+    def __init__(self, worker_id: int, num_slots: int, words: memoryview,
+                 release_index) -> None:
         self.worker_id = worker_id
         self.fds: list[int] = [os.memfd_create(f"loader-w{worker_id}-s{i}", os.MFD_CLOEXEC)
                                for i in range(num_slots)]
         self._maps: list[mmap.mmap | None] = [None] * num_slots
-        self._released = released
+        self._words = words
+        self._index = [release_index(i) for i in range(num_slots)]
 
-    def lease(self, slot: int, size: int) -> Lease:
+    def lease(self, slot: int, size: int, gen: int) -> Lease:
         """The whole of ``slot`` as one array; the slot is released when it is collected.
 
         Arrays of the batch must be built on it (``np.ndarray(buffer=lease)`` or slices of
@@ -97,13 +106,14 @@ class Arena:
         if mapping is None or len(mapping) < size:
             mapping = self._maps[slot] = mmap.mmap(self.fds[slot], size, flags=_MAP_FLAGS)
         lease = Lease((len(mapping),), np.uint8, mapping)
-        lease._release = (self._released, (self.worker_id, slot))
+        lease._release = (self._words, self._index[slot], gen)
         return lease
 
     def close(self) -> None:
         """Close the descriptors; mappings live on in whatever views the user still holds."""
         fds, self.fds = self.fds, []
         self._maps = []
+        self._words = None  # leases keep their own reference to the release counters
         for fd in fds:
             try:
                 os.close(fd)
@@ -121,6 +131,7 @@ class SlotWriter:
         self._slot = -1
         self._offset = 0
         self._maps: list[tuple[int, int]] = []  # (address, size) of this batch's mappings
+        self._spans: list[tuple[int, int] | None] = [None] * len(fds)  # each slot's mapping
         self._given: dict[int, tuple[np.ndarray, int]] = {}  # id -> (array, offset) this batch
 
     @classmethod
@@ -137,15 +148,13 @@ class SlotWriter:
     def begin(self, slot: int) -> None:
         """Start writing a batch into ``slot`` (-1: no slot; everything goes inline)."""
         self._slot, self._offset = slot, 0
-        self._maps = []
+        span = self._spans[slot] if slot >= 0 else None
+        if span is None and slot >= 0 and self._sizes[slot]:
+            # a replacement worker (worker_restarts) finds slots its predecessor grew
+            self._views[slot] = view = _map(self._fds[slot], self._sizes[slot])
+            span = self._spans[slot] = (view.__array_interface__["data"][0], view.size)
+        self._maps = [span] if span is not None else []
         self._given = {}
-        if slot >= 0:
-            view = self._views[slot]
-            if view is None and self._sizes[slot]:
-                # a replacement worker (worker_restarts) finds slots its predecessor grew
-                view = self._views[slot] = _map(self._fds[slot], self._sizes[slot])
-            if view is not None:
-                self._note_map(view)
 
     def end(self) -> int:
         """Finish the batch; returns the slot's size, which the main process must map."""
@@ -153,8 +162,9 @@ class SlotWriter:
         self._given = {}
         return self._sizes[self._slot] if self._slot >= 0 else 0
 
-    def _note_map(self, view: np.ndarray) -> None:
-        self._maps.append((view.__array_interface__["data"][0], view.size))
+    def _note_map(self, slot: int, view: np.ndarray) -> None:
+        span = self._spans[slot] = (view.__array_interface__["data"][0], view.size)
+        self._maps.append(span)
 
     def _grow(self, needed: int) -> None:
         slot, fd = self._slot, self._fds[self._slot]
@@ -172,7 +182,7 @@ class SlotWriter:
                 + f" ({exc.strerror})") from None
         self._sizes[slot] = size
         view = self._views[slot] = _map(fd, size)
-        self._note_map(view)
+        self._note_map(slot, view)
 
     def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An uninitialised array in the current slot (on the heap when there is none)."""

@@ -9,6 +9,8 @@ Worker side, :func:`encode` (the slot is the current one of ``SlotWriter``):
   message itself. Arrays ``default_collate`` wrote into the slot, and tensors over them
   (``default_collate`` called by a user's ``collate_fn`` where torch is in use), are
   described where they are; arrays elsewhere (a custom ``collate_fn``) are copied in once.
+  A plain value is its own node, and a list or tuple of plain values one node (the strings
+  ``default_collate`` leaves as they are), so only containers of arrays cost per element.
 - **Pickle** (``PICKLE``): anything else goes through pickle protocol 5; out-of-band
   buffers of 64 KiB and more land in the slot, smaller ones travel in-band. Torch tensors
   are pickled as their numpy view and rebuilt with ``torch.from_numpy``.
@@ -32,8 +34,9 @@ __all__ = ["INBAND", "LAYOUT", "PICKLE", "decode", "encode", "tensor_from_numpy"
 
 LAYOUT, PICKLE, INBAND = 0, 1, 2  # how a Result's payload is encoded
 
-# layout node tags
-_ARRAY, _LIST, _TUPLE, _DICT, _VALUE, _TENSOR = range(6)
+# layout node tags; a node is a tuple (tag, ...), and any other leaf is a plain value
+_ARRAY, _LIST, _TUPLE, _DICT, _VALUES, _TENSOR = range(6)
+_SMALL = 4  # shorter containers of plain values are not worth the type scan
 _PLAIN_KINDS = frozenset("biufc")  # dtype kinds a layout may describe (no object/str/void)
 _VALUE_TYPES = frozenset((str, bytes, int, float, bool, type(None)))
 
@@ -71,21 +74,23 @@ def _tensor_node(tensor: Any, writer: SlotWriter) -> tuple:
     return _array_node(_TENSOR, array, writer)
 
 
-def _layout(obj: Any, writer: SlotWriter, tensor_type: Any = None) -> tuple:
+def _layout(obj: Any, writer: SlotWriter, tensor_type: Any = None) -> Any:
     t = type(obj)
     if t is np.ndarray:
         return _array_node(_ARRAY, obj, writer)
-    if t is list:
-        return (_LIST, [_layout(x, writer, tensor_type) for x in obj])
-    if t is tuple:
-        return (_TUPLE, [_layout(x, writer, tensor_type) for x in obj])
+    if t is list or t is tuple:
+        if len(obj) > _SMALL and set(map(type, obj)) <= _VALUE_TYPES:
+            return (_VALUES, obj)  # e.g. the strings default_collate leaves as they are
+        return (_LIST if t is list else _TUPLE,
+                [x if type(x) in _VALUE_TYPES else _layout(x, writer, tensor_type)
+                 for x in obj])
     if t is dict:
         keys = list(obj)
-        if any(type(k) not in _VALUE_TYPES for k in keys):
+        if not set(map(type, keys)) <= _VALUE_TYPES:
             raise _NotPlain
         return (_DICT, keys, [_layout(obj[k], writer, tensor_type) for k in keys])
     if t in _VALUE_TYPES:
-        return (_VALUE, obj)
+        return obj  # a plain value is its own node (only nodes are tuples)
     if t is tensor_type:
         return _tensor_node(obj, writer)
     raise _NotPlain
@@ -149,22 +154,35 @@ def encode(batch: Any, writer: SlotWriter) -> tuple[int, Any, tuple]:
 # ---------------------------------------------------------------------------- main
 
 
-def _rebuild(node: tuple, lease: Lease) -> Any:
+_DTYPES: dict[str, np.dtype] = {}  # dtype strings seen, parsed once
+
+
+def _array(node: tuple, lease: Lease | None) -> np.ndarray:
+    _, code, shape, offset, strides = node
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        dtype = _DTYPES[code] = np.dtype(code)
+    if lease is None:  # the batch wrote nothing into its slot: only empty arrays
+        return np.empty(shape, dtype)
+    return np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
+
+
+def _rebuild(node: Any, lease: Lease) -> Any:
+    if type(node) is not tuple:
+        return node  # a plain value
     tag = node[0]
-    if tag == _ARRAY or tag == _TENSOR:
-        _, dtype, shape, offset, strides = node
-        if lease is None:  # the batch wrote nothing into its slot: only empty arrays
-            array = np.empty(shape, dtype)
-        else:
-            array = np.ndarray(shape, dtype, buffer=lease, offset=offset, strides=strides)
-        return array if tag == _ARRAY else tensor_from_numpy(array)
+    if tag == _ARRAY:
+        return _array(node, lease)
     if tag == _LIST:
-        return [_rebuild(x, lease) for x in node[1]]
-    if tag == _TUPLE:
-        return tuple(_rebuild(x, lease) for x in node[1])
+        return [x if type(x) is not tuple else _rebuild(x, lease) for x in node[1]]
     if tag == _DICT:
-        return {k: _rebuild(x, lease) for k, x in zip(node[1], node[2])}
-    return node[1]
+        return {k: x if type(x) is not tuple else _rebuild(x, lease)
+                for k, x in zip(node[1], node[2])}
+    if tag == _TUPLE:
+        return tuple([x if type(x) is not tuple else _rebuild(x, lease) for x in node[1]])
+    if tag == _VALUES:
+        return node[1]  # freshly unpickled: nobody else holds it
+    return tensor_from_numpy(_array(node, lease))  # _TENSOR
 
 
 def decode(codec: int, payload: Any, lease: Lease | None, spans: tuple) -> Any:

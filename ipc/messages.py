@@ -1,13 +1,14 @@
 """The typed messages between the main process and its workers, and their wire format.
 
-main -> worker k:  Task (with the slots released since the last one), Release, Resume, Stop
-worker k -> main:  Result (+ a payload frame unless it carries a layout), Failure, IterEnd,
-                   EmptyBatch; a BatchNote may precede any of them
+main -> worker k:  Task, Resume, Stop
+worker k -> main:  Result, Failure, IterEnd, EmptyBatch; a BatchNote may precede any of them
 
-On the wire a message is the pickled plain tuple ``(kind, *fields)`` in one zmq frame
-(plain tuples pickle about twice as fast as named tuples). A Result carries a plain batch's
-layout itself; any other batch follows in a second frame (pickle protocol 5, large
-buffers left in a shared slot).
+On the wire a message is the pickled plain tuple ``(kind, *fields)``: one record in the
+worker's shared-memory ring (``ipc/channel.py``), or one zmq frame on the spill path
+(plain tuples pickle about twice as fast as named tuples). A Result carries its payload
+itself: a plain batch's layout, or pickle protocol 5 bytes whose large buffers were left in
+a shared slot. Slot releases are no messages: the main process stores them in the
+channel (``ipc/channel.py``).
 """
 
 from __future__ import annotations
@@ -15,22 +16,15 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-__all__ = ["BatchNote", "EmptyBatch", "Failure", "IterEnd", "Release", "Result", "Resume",
-           "Stop", "Task", "pack", "unpack"]
+__all__ = ["BatchNote", "EmptyBatch", "Failure", "IterEnd", "Result", "Resume", "Stop",
+           "Task", "pack", "unpack"]
 
 
 class Task(NamedTuple):
-    """Fetch and collate batch ``batch_id`` of ``epoch`` from these sampler keys;
-    ``released`` are slots the user has dropped since the last message."""
+    """Fetch and collate batch ``batch_id`` of ``epoch`` from these sampler keys."""
     epoch: int
     batch_id: int
     indices: Any
-    released: tuple = ()
-
-
-class Release(NamedTuple):
-    """The user dropped every view of these slots; the worker may write them again."""
-    slots: tuple
 
 
 class Resume(NamedTuple):
@@ -48,18 +42,23 @@ class Stop(NamedTuple):
 
 
 class Result(NamedTuple):
-    """A collated batch in ``slot`` (-1: none) of ``slot_size`` bytes, its payload encoded
-    by ``codec`` (ipc/codec.py); ``spans`` locate pickle's out-of-band buffers. ``timing``
-    is (samples, fetch_s, collate_s, encode_s, cpu_s) for stats and the autotuner."""
+    """A collated batch in ``slot`` (-1: none) of ``slot_size`` bytes, published there
+    for the ``gen``-th time (its lease stores ``gen`` when the user drops the batch);
+    ``payload`` is encoded by ``codec`` (ipc/codec.py) and ``spans`` locate pickle's
+    out-of-band buffers. ``timing`` is this worker's running totals since it started,
+    (batches, samples, fetch_s, collate_s, encode_s, cpu_s, pid), for stats and the
+    autotuner: the main process keeps the latest, so it adds nothing per batch (the pid
+    tells a restarted worker's totals from its predecessor's)."""
     epoch: int
     batch_id: int
     worker_id: int
     slot: int
     slot_size: int
+    gen: int
     codec: int
     spans: tuple
     timing: tuple
-    layout: Any = None  # the batch's layout tree (codec LAYOUT); else a payload frame follows
+    payload: Any
     state: Any = None  # the replica's resume entry after this batch, when one was taken
 
 
@@ -102,7 +101,7 @@ class EmptyBatch(NamedTuple):
     worker_id: int
 
 
-_KINDS = (Task, Release, Resume, Stop, Result, Failure, IterEnd, BatchNote, EmptyBatch)
+_KINDS = (Task, Resume, Stop, Result, Failure, IterEnd, BatchNote, EmptyBatch)
 _CODE = {cls: code for code, cls in enumerate(_KINDS)}
 
 

@@ -35,7 +35,10 @@ from loader._healing import Healer, HealingMixin, StallWatch, shown
 from loader.errors import WorkerError, rebuild_exception
 from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
 from loader.iterators import BaseIter
+from loader.workers import freeze
 from loader.workers.backend import WorkerBackend, make_backend
+from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.seeding import BatchSeeder
 
 __all__ = ["MultiProcessIter"]
 
@@ -59,7 +62,15 @@ class _Pending:
 class MultiProcessIter(HealingMixin, BaseIter):
     """``num_workers > 0``: batches fetched and collated by worker processes."""
 
+    def __new__(cls, loader: Any) -> "MultiProcessIter":
+        if loader._worker_context().get_start_method() == "fork":
+            freeze.snapshot()  # before this iterator exists: see workers/freeze.py
+        return super().__new__(cls)
+
     def __init__(self, loader: Any) -> None:
+        context = loader._worker_context()
+        if context.get_start_method() == "fork":
+            freeze.hold(self)
         super().__init__(loader)
         assert loader.prefetch_factor > 0, "prefetch_factor must be positive with workers"
         self._prefetch_factor = loader.prefetch_factor
@@ -69,6 +80,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._retired: set[int] = set()  # workers stopped by "auto" shrinking
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
         self._autotune = loader._autotuner
+        self._local = None  # a fetcher when "auto" fell back to the main process
         self._started_processes: list = []
         self._heal = Healer(loader.worker_restarts, self._iterable)
         self._watch = StallWatch(loader.stall_warning_s)
@@ -140,6 +152,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
             self._epoch += 1
             restore = self._restore or [None] * n
             for k in range(n):
+                if k in self._retired:
+                    continue
                 self._pool.new_epoch(k, self._epoch, self._base_seed,
                                      seed_epoch=self._progress.epoch,
                                      restore=restore[k] if k < len(restore) else None)
@@ -150,6 +164,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
         return self._num_workers - len(self._retired) - len(self._draining)
 
     def _try_put_index(self) -> None:
+        if self._local is not None:
+            return  # fetching in the main process (num_workers="auto" fell back)
         max_tasks = self._prefetch_factor * self._active_workers()
         if self._tasks_outstanding >= max_tasks:
             return  # the pool shrank under the tasks already in flight
@@ -192,8 +208,10 @@ class MultiProcessIter(HealingMixin, BaseIter):
             while True:
                 if self._watch.due():
                     self._warn_stall()
+                info = self._task_info.get(self._rcvd_idx)  # due next: its worker first
                 try:
-                    message, batch = pool.receive(self._watch.wait_s(deadline))
+                    message, batch = pool.receive(self._watch.wait_s(deadline),
+                                                  None if info is None else info.worker_id)
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
                         self._on_timeout()  # raises, or kills the stuck worker to replace it
@@ -234,13 +252,17 @@ class MultiProcessIter(HealingMixin, BaseIter):
         return text
 
     def _next_data(self) -> Any:
-        if self._pool is None:
-            raise StopIteration
-        self._watch.begin()
-        while True:
-            data = self._next_outcome()
-            if data is not _EMPTY:
-                return data
+        try:
+            if self._pool is None:
+                raise StopIteration
+            self._watch.begin()
+            while True:
+                data = self._next_outcome()
+                if data is not _EMPTY:
+                    return data
+        except BaseException:  # the epoch ended, or a traceback may hold frozen frames
+            freeze.release(self)
+            raise
 
     def _next_outcome(self) -> Any:
         """The next batch in order (``_EMPTY`` for one whose every sample was skipped)."""
@@ -253,6 +275,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 self._progress.consume(self._rcvd_idx)  # its replica ended: never handed out
                 self._rcvd_idx += 1
             else:
+                if self._local is not None:
+                    return self._fetch_locally()
                 if not self._persistent:
                     self._shutdown()
                 raise StopIteration
@@ -310,9 +334,9 @@ class MultiProcessIter(HealingMixin, BaseIter):
             self._workers_status[worker_id] = False
             self._pool.retire(worker_id)
         self._try_put_index()
-        if self._autotune is not None and not self._autotune.settled:
-            self._autotune.observe(self)
-            self._recorder.autotune = self._autotune.report(self._active_workers())
+        autotune = self._autotune
+        if autotune is not None and not autotune.settled:
+            autotune.observe(self)
         if type(data) is Failure:
             self._progress.hand_out(batch_id, worker_id, made=False)
             raise rebuild_exception(data.exception, data.exc_type, data.worker_id,
@@ -321,7 +345,61 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._progress.hand_out(batch_id, worker_id, entry)
         return data
 
+    def _fetch_locally(self) -> Any:
+        """The next batch fetched and collated here, as ``num_workers=0`` would
+        (``SingleProcessIter._next_data``): skips, errors and progress alike."""
+        fetcher, progress = self._local, self._progress
+        while True:
+            try:
+                index = self._next_index()
+            except StopIteration:
+                if not self._persistent:
+                    self._shutdown()
+                raise
+            pos = self._index_pos
+            self._send_idx = self._rcvd_idx = pos + 1  # positions stay in step
+            try:
+                data = fetcher.fetch(index, pos)
+            except BatchSkipped as exc:  # every sample raised: on to the next batch
+                progress.hand_out(pos, 0)
+                self._recorder.skip(self._skip_items(0, exc.skipped))
+                continue
+            except Exception:
+                progress.hand_out(pos, 0, made=False)
+                raise
+            progress.hand_out(pos, 0)
+            if fetcher.skipped:
+                self._recorder.skip(self._skip_items(0, fetcher.skipped))
+            self._recorder.main_fetch(fetcher.count)
+            autotune = self._autotune
+            if autotune is not None and not autotune.settled:
+                autotune.observe(self)
+            return data
+
+    def stats(self):
+        return self._recorder.snapshot(0 if self._local is not None else
+                                       self._active_workers())
+
     # ------------------------------------------------------------------ resizing
+
+    def _go_local(self) -> None:
+        """Fetch in the main process from now on (tasks in flight still arrive first), as
+        ``SingleProcessIter`` does (map-style datasets only: "auto" never resizes an
+        IterableDataset's pool)."""
+        seeder = BatchSeeder(self._base_seed, self._progress.epoch, None,
+                             keep_user_state=True) if self._seeding == "per_batch" else None
+        self._local = make_fetcher(self._iterable, self._dataset, self._auto_collation,
+                                   self._collate_fn, self._drop_last, self._on_error,
+                                   seeder=seeder)
+
+    def _go_pool(self) -> None:
+        """Back to the workers: refill the prefetch budget."""
+        self._local = None
+        while True:
+            before = self._tasks_outstanding
+            self._try_put_index()
+            if self._tasks_outstanding == before:
+                break
 
     def _grow(self, count: int) -> None:
         """Start ``count`` more workers and fill the deeper prefetch budget they bring."""
@@ -379,6 +457,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
         if pool is not None:
             pool.shutdown()
             self._started_processes = pool.exited
+        freeze.release(self)
 
     def close(self) -> None:
         """Stop the workers now; the iterator is finished afterwards."""

@@ -120,19 +120,25 @@ def collate_numpy_scalar_fn(batch, *, collate_fn_map=None):
 
 
 def collate_float_fn(batch, *, collate_fn_map=None):
-    return np.array(batch, dtype=np.float64)
+    out = allocate((len(batch),), np.float64)
+    out[:] = batch
+    return out
 
 
 def collate_int_fn(batch, *, collate_fn_map=None):
     out = np.array(batch)
     kind = out.dtype.kind
     if kind == "f":  # ints mixed with floats: torch.tensor infers its default float32
-        return out.astype(np.float32)
-    if kind == "c":
-        return out.astype(np.complex64)
-    if kind not in "bi":  # ints beyond int64, or not numbers: fail rather than guess
+        out = out.astype(np.float32)
+    elif kind == "c":
+        out = out.astype(np.complex64)
+    elif kind not in "bi":  # ints beyond int64, or not numbers: fail rather than guess
         out = np.array(batch, dtype=np.int64)
-    return out
+    if _allocator is _empty:
+        return out
+    placed = allocate(out.shape, out.dtype)  # into the worker's slot, where it is sent from
+    placed[...] = out
+    return placed
 
 
 def _torch_result_type(dtypes: list) -> np.dtype:

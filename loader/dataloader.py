@@ -356,6 +356,9 @@ class DataLoader(TorchNamesake, Generic[T_co]):
             else:
                 self._iterator._reset(self)
             return self._iterator
+        if self._iterator is not None:  # "auto" settled on the main process: no pool now
+            iterator, self._iterator = self._iterator, None
+            iterator.close()
         return self._get_iterator()
 
     def __len__(self) -> int:
@@ -393,7 +396,8 @@ class DataLoader(TorchNamesake, Generic[T_co]):
     def stats(self) -> LoaderStats:
         """Statistics of the current (or last) epoch and of all epochs so far; its
         ``summary`` says what limits throughput."""
-        return self._recorder.snapshot(self.num_workers)
+        tuner = self._autotuner
+        return self._recorder.snapshot(tuner.current if tuner is not None else self.num_workers)
 
     def close(self) -> None:
         """Shut down persistent workers now (they also stop when the loader is collected)."""

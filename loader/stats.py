@@ -6,7 +6,10 @@
 ```
 
 - A :class:`Recorder` belongs to a DataLoader and lives across its iterators, so it has
-  the current epoch and the cumulative figures. Iterators feed it a few floats per batch.
+  the current epoch and the cumulative figures. Per batch it adds a few floats for the
+  current epoch only (earlier epochs are folded in when an epoch starts) and keeps the
+  latest running totals each worker sends with its results (one store, no additions);
+  everything else is worked out when someone asks (:meth:`Recorder.snapshot`).
 - :meth:`Recorder.snapshot` returns :class:`LoaderStats`: batches and samples delivered,
   the main process's time waiting for data, its own overhead, the consumer's time between
   ``next()`` calls, per-worker busy time split into fetch / collate / encode (transfer),
@@ -46,15 +49,6 @@ class WorkerStats:
     @property
     def busy_s(self) -> float:
         return self.fetch_s + self.collate_s + self.encode_s
-
-    def add(self, samples: int, fetch_s: float, collate_s: float, encode_s: float,
-            cpu_s: float) -> None:
-        self.batches += 1
-        self.samples += samples
-        self.fetch_s += fetch_s
-        self.collate_s += collate_s
-        self.encode_s += encode_s
-        self.cpu_s += cpu_s
 
 
 @dataclass
@@ -106,7 +100,7 @@ class EpochStats:
                 return "consumer", (f"your loop takes {consumer:.2f} ms per batch, loading "
                                     f"{main:.2f} ms in the main process")
             return "main process", (f"loading takes {main:.2f} ms per batch in the main "
-                                    "process (num_workers=0); workers would take it off")
+                                    "process (num_workers=0); workers may take it off")
         busy = self.worker_busy()
         if wait < _CONSUMER_BOUND * cycle:
             return "consumer", (f"batches are ready before they are asked for: your loop "
@@ -161,39 +155,60 @@ class LoaderStats:
             (e.skips, "sample skipped", "samples skipped")) if n]
         if healing:
             text += "; this epoch: " + ", ".join(healing)
+        if self.autotune:
+            text += f'; num_workers="auto": {self.autotune["reason"]}'
         return text
 
     def __str__(self) -> str:
         return self.summary
 
 
+_WORKER_FIELDS = ("batches", "samples", "fetch_s", "collate_s", "encode_s", "cpu_s")
+_ZERO = (0, 0, 0.0, 0.0, 0.0, 0.0, None)  # running totals, then the pid they belong to
+_MAIN_FIELDS = ("batches", "first_batch_s", "wait_s", "main_s", "consumer_s", "depth_sum",
+                "buffered_sum", "restarts", "stalls", "skips")
+
+
 class Recorder:
-    """Collects the figures; every method is cheap enough to call once per batch."""
+    """Collects the figures; every per-batch method is a handful of additions."""
 
     def __init__(self) -> None:
         self.epoch = EpochStats()
-        self.total = EpochStats()
+        self._closed = EpochStats()  # the main-side figures of the epochs before this one
+        self._main_samples = [0, 0]  # samples fetched in the main process: epoch, before
+        self._latest: list[tuple] = []  # per worker: its running totals, as last received
+        self._carry: list[tuple] = []  # per worker id: totals of the processes it had before
+        self._base: list[tuple] = []  # per worker: carry + latest when this epoch began
         self._started: float | None = None
         self._total_started: float | None = None
         self._left_next: float | None = None
         self.pids: list[int | None] = []
         self.autotune: dict[str, Any] | None = None
         self.epochs = 0  # epochs started
+        self._total_skipped: list = []  # the skipped samples listed in the totals (capped)
 
     def start_epoch(self, num_workers: int, pids: list) -> None:
         self.epochs += 1
-        self.epoch = EpochStats(workers=[WorkerStats() for _ in range(num_workers)])
-        while len(self.total.workers) < num_workers:
-            self.total.workers.append(WorkerStats())
+        closed, epoch = self._closed, self.epoch
+        for name in _MAIN_FIELDS:
+            setattr(closed, name, getattr(closed, name) + getattr(epoch, name))
+        self._main_samples = [0, self._main_samples[0] + self._main_samples[1]]
+        self.epoch = EpochStats()
+        self._grow(num_workers)
+        self._base = [self._running(k) for k in range(len(self._latest))]
         self.pids = pids  # the pool's own list: workers started later show up in it
         self._started = None
         self._left_next = None
 
+    def _grow(self, num_workers: int) -> None:
+        while len(self._latest) < num_workers:
+            self._latest.append(_ZERO)
+            self._carry.append(_ZERO)
+            self._base.append(_ZERO)
+
     def resize(self, num_workers: int, pids: list) -> None:
         """The pool started, grew or shrank (num_workers="auto"): new pids."""
-        for period in (self.epoch, self.total):
-            while len(period.workers) < num_workers:
-                period.workers.append(WorkerStats())
+        self._grow(num_workers)
         self.pids = pids
 
     def entered(self) -> float:
@@ -203,57 +218,81 @@ class Recorder:
             if self._total_started is None:
                 self._total_started = now
         elif self._left_next is not None:
-            gap = now - self._left_next
-            self.epoch.consumer_s += gap
-            self.total.consumer_s += gap
+            self.epoch.consumer_s += now - self._left_next
         return now
 
     def left(self, entered: float, waited: float, depth: int, buffered: int) -> None:
         now = perf_counter()
         self._left_next = now
-        main = now - entered - waited
-        first = self.epoch.batches == 0
-        for period in (self.epoch, self.total):
-            period.batches += 1
-            if first:
-                period.first_batch_s += now - entered
-                continue
-            period.wait_s += waited
-            period.main_s += main
-            period.depth_sum += depth
-            period.buffered_sum += buffered
+        epoch = self.epoch
+        epoch.batches += 1
+        if epoch.batches == 1:  # the first next(): start-up, counted apart
+            epoch.first_batch_s += now - entered
+            return
+        epoch.wait_s += waited
+        epoch.main_s += now - entered - waited
+        epoch.depth_sum += depth
+        epoch.buffered_sum += buffered
 
     def worker_result(self, worker_id: int, timing: tuple) -> None:
-        self.epoch.workers[worker_id].add(*timing)
-        self.total.workers[worker_id].add(*timing)
-        self.epoch.samples += timing[0]
-        self.total.samples += timing[0]
+        """``timing``: the worker's running totals and its pid (messages.Result.timing)."""
+        latest = self._latest
+        previous = latest[worker_id]
+        if timing[6] != previous[6] and previous[0]:  # a new process under this id
+            self._carry[worker_id] = _add(self._carry[worker_id], previous)
+        latest[worker_id] = timing
 
     def skip(self, items: list) -> None:
         """Samples left out of their batch: (index, exception type name, message) each."""
         self.epoch.skips += len(items)
-        self.total.skips += len(items)
         self.epoch.skipped.extend(items)
-        room = _TOTAL_SKIPPED_KEPT - len(self.total.skipped)
+        room = _TOTAL_SKIPPED_KEPT - len(self._total_skipped)
         if room > 0:
-            self.total.skipped.extend(items[:room])
+            self._total_skipped.extend(items[:room])
 
     def restarted(self) -> None:
         self.epoch.restarts += 1
-        self.total.restarts += 1
 
     def stalled(self) -> None:
         self.epoch.stalls += 1
-        self.total.stalls += 1
 
     def main_fetch(self, samples: int) -> None:
         """num_workers=0: the main process fetched and collated ``samples``."""
-        self.epoch.samples += samples
-        self.total.samples += samples
+        self._main_samples[0] += samples
+
+    def _running(self, k: int) -> tuple:
+        return _add(self._carry[k], self._latest[k])
+
+    def totals(self) -> tuple:
+        """(batches, samples, wait_s, main_s, consumer_s, worker busy_s, worker cpu_s,
+        worker batches) since the loader started: what the autotuner's windows compare."""
+        workers = [self._running(k) for k in range(len(self._latest))]
+        busy = sum(w[2] + w[3] + w[4] for w in workers)
+        closed, epoch = self._closed, self.epoch
+        return (closed.batches + epoch.batches,
+                sum(self._main_samples) + sum(w[1] for w in workers),
+                closed.wait_s + epoch.wait_s, closed.main_s + epoch.main_s,
+                closed.consumer_s + epoch.consumer_s, busy, sum(w[5] for w in workers),
+                sum(w[0] for w in workers))
+
+    def _periods(self) -> tuple[EpochStats, EpochStats]:
+        epoch = EpochStats(**{name: getattr(self.epoch, name) for name in _MAIN_FIELDS})
+        total = EpochStats(**{name: getattr(self._closed, name) + getattr(self.epoch, name)
+                              for name in _MAIN_FIELDS})
+        for k in range(len(self._latest)):
+            now = self._running(k)
+            base = self._base[k] if k < len(self._base) else _ZERO
+            epoch.workers.append(WorkerStats(**dict(zip(_WORKER_FIELDS, _sub(now, base)))))
+            total.workers.append(WorkerStats(**dict(zip(_WORKER_FIELDS, now))))
+        epoch.samples = self._main_samples[0] + sum(w.samples for w in epoch.workers)
+        total.samples = sum(self._main_samples) + sum(w.samples for w in total.workers)
+        epoch.skipped = list(self.epoch.skipped)
+        total.skipped = list(self._total_skipped)
+        return epoch, total
 
     def snapshot(self, num_workers: int) -> LoaderStats:
         now = perf_counter()
-        epoch, total = _copy(self.epoch), _copy(self.total)
+        epoch, total = self._periods()
         if self._started is not None:
             epoch.elapsed_s = now - self._started
             total.elapsed_s = now - self._total_started
@@ -264,9 +303,13 @@ class Recorder:
                            dict(self.autotune) if self.autotune else None)
 
 
-def _copy(period: EpochStats) -> EpochStats:
-    workers = [WorkerStats(**vars(w)) for w in period.workers]
-    return EpochStats(**{**vars(period), "workers": workers, "skipped": list(period.skipped)})
+def _add(a: tuple, b: tuple) -> tuple:
+    """The totals of ``a`` and ``b`` (the pid is left out: sums have none)."""
+    return tuple(x + y for x, y in zip(a[:6], b[:6]))
+
+
+def _sub(a: tuple, b: tuple) -> tuple:
+    return tuple(x - y for x, y in zip(a[:6], b[:6]))
 
 
 def _live(period: EpochStats, pids: list) -> None:

@@ -5,24 +5,39 @@ from __future__ import annotations
 
 import gc
 import os
-from collections import OrderedDict, deque, namedtuple
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 import pytest
 
 from loader.ipc import codec
 from loader.ipc.arena import Arena, SlotWriter
+from loader.ipc.channel import Channel
 from loader import collate
+
+
+class Released:
+    """The slots whose release counter a lease has stored (the worker's view)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def __bool__(self) -> bool:
+        return bool(list(self))
+
+    def __iter__(self):
+        return iter([(0, s) for s in range(self.channel.num_slots) if self.channel.released(s)])
 
 
 @pytest.fixture
 def pair():
-    released: deque = deque()
-    arena = Arena(0, 2, released)
+    channel = Channel.create(0, 2)
+    arena = Arena(0, 2, channel.words, channel.release_index)
     writer = SlotWriter.open(os.getpid(), arena.fds, inherited=False)
-    yield arena, writer, released
+    yield arena, writer, Released(channel)
     writer.close()
     arena.close()
+    channel.close()
 
 
 def roundtrip(arena, writer, batch_fn, slot=0):
@@ -35,7 +50,7 @@ def roundtrip(arena, writer, batch_fn, slot=0):
         collate.use_allocator(previous)
     size = writer.end()
     del batch
-    lease = arena.lease(slot, size) if kind != codec.INBAND and size else None
+    lease = arena.lease(slot, size, 1) if kind != codec.INBAND and size else None
     return kind, codec.decode(kind, payload, lease, spans)
 
 
@@ -174,5 +189,5 @@ def test_torch_tensors_travel_through_the_slot(pair):
     arena, writer, _ = pair
     samples = [torch.full((200, 300), float(i)) for i in range(4)]
     kind, out = roundtrip(arena, writer, lambda: collate.default_collate(samples))
-    assert kind == codec.LAYOUT  # stacked into the slot, described where it lies
+    assert kind == codec.LAYOUT  # the tensor's storage is in the slot: described in place
     assert isinstance(out, torch.Tensor) and out.shape == (4, 200, 300) and out[3, 0, 0] == 3

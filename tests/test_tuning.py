@@ -95,6 +95,26 @@ def test_stats_cumulative_across_persistent_epochs():
     loader.close()
 
 
+def test_recorder_keeps_running_totals_per_worker_and_epoch():
+    """Workers send running totals; a new process under the same id (a restart) counts
+    from zero again without losing what the old one did."""
+    from loader.stats import Recorder
+    r = Recorder()
+    r.start_epoch(2, [None, None])
+    r.worker_result(0, (1, 10, 0.1, 0.2, 0.0, 0.3, 100))
+    r.worker_result(1, (1, 10, 0.1, 0.0, 0.0, 0.1, 101))
+    r.worker_result(0, (2, 20, 0.2, 0.4, 0.0, 0.6, 100))
+    r.start_epoch(2, [None, None])
+    r.worker_result(0, (3, 30, 0.3, 0.6, 0.0, 0.9, 100))
+    r.worker_result(1, (1, 8, 0.5, 0.0, 0.0, 0.5, 102))  # worker 1 was replaced: counts anew
+    snap = r.snapshot(2)
+    assert [w.batches for w in snap.epoch.workers] == [1, 1]
+    assert [w.batches for w in snap.total.workers] == [3, 2]
+    assert snap.total.samples == 30 + 18 and snap.epoch.samples == 10 + 8
+    assert abs(snap.total.workers[1].fetch_s - 0.6) < 1e-9
+    assert r.totals()[1] == 48 and r.totals()[7] == 5
+
+
 def test_stats_without_workers():
     loader = DataLoader(np.arange(100), batch_size=10)
     list(loader)
@@ -173,6 +193,44 @@ def test_auto_does_not_exceed_the_cores_on_cpu_bound_work():
     loader, _ = _auto_epochs(CPUBound(), 1)
     report = loader.stats().autotune
     assert report["workers"] <= CORES + 1, report
+    loader.close()
+
+
+def test_switching_to_the_main_process_mid_epoch_keeps_every_batch_in_order():
+    """The fallback's mechanism: batches already given to workers arrive first, then the
+    main process fetches the rest; nothing is lost, repeated or reordered."""
+    data = np.arange(4000)
+    loader = DataLoader(data, batch_size=16, num_workers=2, persistent_workers=True)
+    expected = [list(range(i, i + 16)) for i in range(0, 4000, 16)]
+    for switch_at in (0, 5, 120):
+        it = iter(loader)
+        got = []
+        for i, b in enumerate(it):
+            got.append(b.tolist())
+            if i == switch_at:
+                it._go_local()
+        assert got == expected
+        it._go_pool()  # and back for the next epoch
+    assert [b.tolist() for b in loader] == expected
+    loader.close()
+
+
+def test_auto_tries_the_main_process_and_says_what_it_chose(monkeypatch):
+    """Forced to try fetching in the main process (the estimate is made generous), auto
+    picks the faster of the two and says so; the batches are those of num_workers=0."""
+    import loader.autotune as autotune
+    monkeypatch.setattr(autotune, "_LOCAL_TRY", 0.0)
+    cheap = np.arange(400_000)  # long enough for both windows (0.25 s each) to close
+    loader, epochs = _auto_epochs(cheap, 3)
+    expected = [list(range(i, i + 16)) for i in range(0, 400_000, 16)]
+    assert all(batches == expected for batches in epochs)
+    stats = loader.stats()
+    reason = stats.autotune["reason"]
+    assert stats.autotune["settled"]
+    assert "main process" in reason and reason in stats.summary
+    if "fell back" in reason:
+        assert stats.autotune["workers"] == 0 and stats.num_workers == 0
+        assert type(iter(loader)).__name__ == "SingleProcessIter"  # the pool is gone
     loader.close()
 
 

@@ -57,9 +57,12 @@ class WorkerBackend(Protocol):
         ``seed_epoch`` is the loader's epoch (per-batch seeding); ``restore`` where the
         worker's replica starts, from a resume state (``loader/state.py``)."""
 
-    def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
+    def receive(self, timeout_s: float | None, prefer: int | None = None) -> tuple[Any, Any]:
         """The next (message, batch) from any worker (batch is None unless the message is a
-        Result). Raises ``WorkerError`` when a worker died, ``TimeoutError`` after
+        Result), worker ``prefer``'s first when it has one waiting (the iterator names the
+        worker whose batch is due, so in-order iteration rarely buffers). Messages of one
+        worker arrive in the order it sent them. ``Result.timing`` carries the worker's
+        running totals. Raises ``WorkerError`` when a worker died, ``TimeoutError`` after
         ``timeout_s`` without a message."""
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:

@@ -1,37 +1,43 @@
 """The local engine (``workers/backend.py``'s WorkerBackend): worker processes on this
-machine, their memfd slots and pyzmq sockets; start, talk, notice death, shut down.
+machine, their memfd slots and control channels; start, talk, notice death, shut down.
 
 ```
  WorkerPool ──start──▶ N processes (multiprocess: fork / spawn / forkserver)
-   PUSH (connect) ─────▶ ipc://@<run>-task-k.g      one per worker (g: its generation)
-   PULL (bind)    ◀───── ipc://@<run>-results-k.g   one socket, an endpoint per worker
-   poller: the PULL socket + every worker's process sentinel
-   arenas: one per worker (ipc/arena.py), leases feed ``released``
+   per worker k: Channel (ipc/channel.py): task ring ─▶ k, result ring ◀─ k,
+                 released[slot] counters; a task doorbell (pipe) that wakes k;
+                 a ProgressWord (the batch in hand)
+   one results doorbell (pipe) that every worker rings after publishing
+   spill path (records too big for a ring): PUSH ─▶ ipc://@<run>-task-k.g,
+                 PULL ◀─ ipc://@<run>-results-k.g (g: the worker's generation)
+   poller: the results doorbell, the spill socket and every worker's sentinel
+   arenas: one per worker (ipc/arena.py); a lease stores its release in the channel
    shipment: one image of the dataset for all workers (workers/shipping.py)
 ```
 
 - The parent: before any worker starts, ships the dataset once (forked workers inherit
   views of the image; spawned ones get its ticket and, cheap to start, all start at once).
-  :meth:`submit` queues a task for worker k; :meth:`receive` returns the next
-  decoded message, flushing slot releases first and waking at once if a worker dies. A
-  death is reported only after everything the dead worker sent has been returned
-  (``workers/drain.py``), so the iterator can tell exactly which tasks it still owes.
+  :meth:`submit` writes a task record into worker k's ring and rings k;
+  :meth:`receive` reads the next record from any ring (the one asked for first), with no
+  system call while records are waiting; it sleeps in one ``poll`` only when every ring
+  is empty, and wakes at once when a worker rings or dies. A death is reported only after
+  every record the dead worker published has been returned and its spill connection has
+  closed (``workers/drain.py``), so the iterator can tell exactly which tasks it owes.
 - Restart (``worker_restarts``): :meth:`restart` replaces a dead worker by a new process
-  with the same id, arena and dump file, new sockets, and as free slots every slot the main
-  process does not hold a lease on (the user's batches, the reorder buffer); a slot the dead
-  worker was writing, or had sent in a message that never arrived, is free again.
+  with the same id, arena, channel and dump file and new spill sockets. Its task ring is
+  emptied (the iterator submits again what is owed), and it starts counting what it has
+  published in each slot from the last result the main process received there, so a
+  slot whose batch the user still holds is free only once that lease is dropped.
 - The worker: ``workers/loop.py``.
 - Shutdown: :meth:`shutdown` is the one idempotent path (Stop to every worker, join with a
-  timeout, SIGKILL survivors, close sockets, slots and the image). Iterator exhaustion,
-  ``close()``, garbage collection, errors and interpreter exit all end here. Sockets live
-  in Linux's abstract namespace and slots and the image are memfds, so nothing is left on
-  disk even after kill -9.
+  timeout, SIGKILL survivors, close sockets, pipes, slots and the image). Iterator
+  exhaustion, ``close()``, garbage collection, errors and interpreter exit all end here.
+  Sockets live in Linux's abstract namespace and slots, channels, pipes and the image are
+  anonymous, so nothing is left on disk even after kill -9.
 """
 
 from __future__ import annotations
 
 import atexit
-import gc
 import os
 import signal
 import time
@@ -45,9 +51,11 @@ import zmq
 
 from loader.ipc.arena import Arena
 from loader.ipc.capacity import check_before_start
-from loader.ipc.codec import LAYOUT, decode
-from loader.ipc.messages import Release, Result, Resume, Stop, Task, pack, unpack
+from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell
+from loader.ipc.codec import decode
+from loader.ipc.messages import Result, Resume, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
+from loader.workers import freeze
 from loader.workers.drain import ConnectionLedger
 from loader.workers.loop import WorkerSpec, worker_main
 from loader.workers.pickling import check_picklable
@@ -59,7 +67,7 @@ from loader.workers.threads import scan_before_fork
 __all__ = ["WorkerPool"]
 
 _JOIN_TIMEOUT_S = 2.0  # how long a worker may take to exit after Stop before it is killed
-_DRAIN_TIMEOUT_S = 2.0  # after a death: how long its last messages may take to arrive
+_DRAIN_TIMEOUT_S = 2.0  # after a death: how long its spilled messages may take to arrive
 #                        (milliseconds in practice; a bound so that a death never hangs)
 _RECONNECT_MS = 2  # the task socket connects before its worker binds: retry this soon
 #                    (zmq's default, 100 ms, was most of the time to the first batch)
@@ -67,7 +75,7 @@ _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole
 _DUMP_WAIT_S = 1.0  # how long a stack dump from a stuck worker is waited for
 _POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
-_ALL_SLOT_FDS: set[int] = set()  # every slot fd of this process, closed in forked children
+_ALL_SLOT_FDS: set[int] = set()  # every shared fd of this process, closed in forked children
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class ExitedWorker:
 
 
 class WorkerPool:
-    """``num_workers`` worker processes, their sockets and their shared-memory arenas."""
+    """``num_workers`` worker processes, their channels and their shared-memory arenas."""
 
     def __init__(self, *, num_workers: int, context: Any, dataset: Any, iterable: bool,
                  auto_collation: bool, collate_fn: Any, drop_last: bool,
@@ -103,8 +111,6 @@ class WorkerPool:
                  share_dataset: bool = True) -> None:
         self.num_workers = 0
         self.blocked_s = 0.0  # seconds spent blocked waiting for workers, for stats
-        self.released: deque = deque()  # (worker, slot) from lease finalizers, any thread
-        self._held: list[list[int]] = []  # per worker: releases not yet sent
         self._closed = False
         self._processes: list = []
         self._pids: list[int | None] = []
@@ -112,20 +118,27 @@ class WorkerPool:
         self._retired: set[int] = set()  # workers told to stop on purpose ("auto" shrinking)
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
+        self._channels: list[Channel] = []
+        self._bells: list[Doorbell] = []  # per worker: wakes it when a task is posted
+        self._spilled: list[deque] = []  # per worker: spill-path messages not yet due
+        self._issued: list[dict[int, int]] = []  # per worker: slot -> gen last received
         self._dump_fds: list[int] = []
         self._progress: list[ProgressWord] = []  # per worker: the batch it has in hand
         self._tasks: list[zmq.Socket] = []
         self._generation: list[int] = []  # per worker: how many times it was replaced
-        self._leased: list[set[int]] = []  # per worker: slots the main process holds
         self._settled: set[int] = set()  # dead workers whose every message has arrived
         self._sentinels: dict[int, int] = {}  # worker -> the sentinel fd the poller watches
+        self._next = 0  # where the next scan of the rings starts (fairness)
         self._run = f"ipc://@loader-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._results = self._zmq.socket(zmq.PULL)
         self._results.setsockopt(zmq.RCVHWM, 0)
         self._results.setsockopt(zmq.LINGER, 0)
         self._ledger = ConnectionLedger(self._results)  # before any worker can connect
+        self._results_bell = Doorbell.create()
+        _ALL_SLOT_FDS.update(self._results_bell.fds)
         self._poller = zmq.Poller()
         self._poller.register(self._results, zmq.POLLIN)
+        self._poller.register(self._results_bell.read_fd, zmq.POLLIN)
         self._context = context
         self._inherited = context.get_start_method() == "fork"
         self._slots = slots_per_worker
@@ -173,24 +186,27 @@ class WorkerPool:
 
     def add_workers(self, count: int, *, epoch: int, base_seed: int) -> list[int]:
         """Prepare ``count`` more workers (ids continue from the current count): their
-        slots and task sockets exist at once, so tasks can be queued for them before
+        slots, channels and sockets exist at once, so tasks can be queued for them before
         :meth:`start` forks them, and the first worker starts on its first batch while
         the next ones are still being forked."""
         ids = list(range(self.num_workers, self.num_workers + count))
         total = self.num_workers + count
         for k in ids:
-            arena = Arena(k, self._slots, self.released)
+            channel = Channel.create(k, self._slots)
+            arena = Arena(k, self._slots, channel.words, channel.release_index)
+            bell = Doorbell.create()
             dump_fd = os.memfd_create(f"loader-w{k}-stacks", os.MFD_CLOEXEC)
             progress = ProgressWord.create(k)
+            self._channels.append(channel)
             self._arenas.append(arena)
+            self._bells.append(bell)
+            self._spilled.append(deque())
+            self._issued.append({})
             self._dump_fds.append(dump_fd)
             self._progress.append(progress)
-            _ALL_SLOT_FDS.update(arena.fds)
-            _ALL_SLOT_FDS.update((dump_fd, progress.fd))
+            _ALL_SLOT_FDS.update(self._own_fds(k))
             self._generation.append(0)
-            self._leased.append(set())
             self._tasks.append(self._connect(k))
-            self._held.append([])
             self._processes.append(self._process(k, total, epoch, base_seed))
             if len(self._restore) <= k:
                 self._restore.append(None)
@@ -198,13 +214,21 @@ class WorkerPool:
             self.num_workers += 1
         return ids
 
+    def _own_fds(self, worker_id: int) -> set[int]:
+        """The descriptors worker ``worker_id`` needs (a forked one closes the others)."""
+        k = worker_id
+        return set(self._arenas[k].fds) | {self._dump_fds[k], self._channels[k].fd,
+                                           self._progress[k].fd, *self._bells[k].fds,
+                                           *self._results_bell.fds}
+
     def _addresses(self, worker_id: int) -> tuple[str, str]:
-        """(task, results) endpoints of the worker's current generation."""
+        """(task, results) spill endpoints of the worker's current generation."""
         name = f"{worker_id}.{self._generation[worker_id]}"
         return f"{self._run}-task-{name}", f"{self._run}-results-{name}"
 
     def _connect(self, worker_id: int) -> zmq.Socket:
-        """The task socket of the worker's current generation, and its results endpoint."""
+        """The spill task socket of the worker's current generation, and its results
+        endpoint."""
         task_address, result_address = self._addresses(worker_id)
         self._results.bind(result_address)
         sock = self._zmq.socket(zmq.PUSH)
@@ -215,24 +239,25 @@ class WorkerPool:
         return sock
 
     def _process(self, worker_id: int, num_workers: int, epoch: int, base_seed: int,
-                 free_slots: list | None = None, replica_state: dict | None = None) -> Any:
+                 published: list | None = None, replica_state: dict | None = None) -> Any:
         """A prepared (not started) process for worker ``worker_id``'s current generation."""
-        arena, dump_fd = self._arenas[worker_id], self._dump_fds[worker_id]
-        progress_fd = self._progress[worker_id].fd
-        own = set(arena.fds) | {dump_fd, progress_fd}
-        task_address, result_address = self._addresses(worker_id)
-        restore = self._restore[worker_id] if worker_id < len(self._restore) else None
+        k = worker_id
+        arena, channel = self._arenas[k], self._channels[k]
+        own = self._own_fds(k)
+        task_address, result_address = self._addresses(k)
+        restore = self._restore[k] if k < len(self._restore) else None
         spec = WorkerSpec(
-            worker_id=worker_id, num_workers=num_workers, base_seed=base_seed, epoch=epoch,
+            worker_id=k, num_workers=num_workers, base_seed=base_seed, epoch=epoch,
             task_address=task_address, result_address=result_address, main_pid=os.getpid(),
-            slot_fds=list(arena.fds), fds_inherited=self._inherited,
+            slot_fds=list(arena.fds), channel_fd=channel.fd,
+            task_bell_fd=self._bells[k].read_fd, results_bell_fd=self._results_bell.write_fd,
+            fds_inherited=self._inherited,
             close_fds=sorted(_ALL_SLOT_FDS - own) if self._inherited else [],
-            dump_fd=dump_fd, progress_fd=progress_fd, free_slots=free_slots,
+            dump_fd=self._dump_fds[k], progress_fd=self._progress[k].fd, published=published,
             replica_state=replica_state, seed_epoch=self._seed_epoch,
-            restore=restore if replica_state is None else None,
-            **self._spec)
+            restore=restore if replica_state is None else None, **self._spec)
         return self._context.Process(target=worker_main, args=(spec,), daemon=True,
-                                     name=f"loader-worker-{worker_id}")
+                                     name=f"loader-worker-{k}")
 
     def start(self, count: int | None = None) -> None:
         """Start prepared worker processes: ``count`` of them, or all. The rest start one
@@ -252,13 +277,7 @@ class WorkerPool:
     def _start_process(self, worker_id: int) -> None:
         process = self._processes[worker_id]
         if self._inherited:
-            # the parent's objects go to gc's permanent generation for the fork, so the
-            # child's collections never walk (and copy-on-write) them; O(1) both ways
-            gc.freeze()
-            try:
-                process.start()
-            finally:
-                gc.unfreeze()
+            freeze.fork(process.start)  # the child never walks the parent's objects
         else:
             process.start()
         # the child has its spec now (forked or pickled); the parent's copy would keep the
@@ -300,11 +319,16 @@ class WorkerPool:
         self._tasks[k].close(linger=0)
         self._generation[k] += 1
         self._tasks[k] = self._connect(k)
-        self._collect_releases()
-        self._held[k].clear()  # released slots are free in the replacement from the start
-        free = [slot for slot in range(self._slots) if slot not in self._leased[k]]
+        channel = self._channels[k]
+        channel.drop_tasks()  # the dead worker's queue: the iterator submits what is owed
+        self._spilled[k].clear()  # spilled without their SPILL record: never delivered
+        if not STRONG_ORDER:
+            self._credit(self._results_bell.drain())
+            channel.results.credits = 0
+        issued = self._issued[k]
+        published = [issued.get(slot, 0) for slot in range(self._slots)]
         self._progress[k].reset()
-        self._processes[k] = self._process(k, self.num_workers, epoch, base_seed, free,
+        self._processes[k] = self._process(k, self.num_workers, epoch, base_seed, published,
                                            replica_state)
         self._pids[k] = None
         self._start_process(k)
@@ -331,9 +355,9 @@ class WorkerPool:
         """Stop a worker on purpose; its exit is not an error. Give it no more tasks."""
         self._retired.add(worker_id)
         self._unwatch(worker_id)
-        self._send(worker_id, Stop())
+        self._post(worker_id, Stop())
 
-    # ------------------------------------------------------------------ messages
+    # ------------------------------------------------------------------ introspection
 
     @property
     def pids(self) -> list[int]:
@@ -359,57 +383,58 @@ class WorkerPool:
         self.start(1)
         return True
 
-    def _send(self, worker_id: int, message: Any) -> None:
-        self._tasks[worker_id].send(pack(message))
+    # ------------------------------------------------------------------ main -> worker
+
+    def _post(self, worker_id: int, message: Any) -> None:
+        """``message`` into worker k's task ring (or by the spill path), then ring k."""
+        record = pack(message)
+        ring = self._channels[worker_id].tasks
+        if not ring.write(record):
+            self._tasks[worker_id].send(record)  # copied: zero-copy sends start pyzmq's gc thread
+            if not ring.write(b"", SPILL):
+                raise RuntimeError(f"the task ring of worker {worker_id} is full of spill "
+                                   "markers")
+        self._bells[worker_id].ring()
 
     def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
                   restore: Any = None) -> None:
         self._seed_epoch = seed_epoch  # workers added or replaced in this epoch seed alike
         if worker_id < len(self._restore):
             self._restore[worker_id] = restore
-        self._send(worker_id, Resume(epoch, base_seed, seed_epoch, restore))
+        self._post(worker_id, Resume(epoch, base_seed, seed_epoch, restore))
 
     def submit(self, worker_id: int, epoch: int, batch_id: int, indices: Any) -> None:
-        """Queue a task for ``worker_id``, carrying the slots released to it so far."""
-        self._collect_releases()
-        held = self._held[worker_id]
-        released = tuple(held) if held else ()
-        held.clear()
-        self._tasks[worker_id].send(pack(Task(epoch, batch_id, indices, released)))
+        """Queue a task for ``worker_id``."""
+        self._post(worker_id, Task(epoch, batch_id, indices))
 
-    def _collect_releases(self) -> None:
-        released = self.released
-        while released:
-            worker_id, slot = released.popleft()
-            self._held[worker_id].append(slot)
-            self._leased[worker_id].discard(slot)
+    # ------------------------------------------------------------------ worker -> main
 
-    def flush_releases(self) -> None:
-        """Send every held slot release now (before the main process blocks)."""
-        self._collect_releases()
-        for worker_id, held in enumerate(self._held):
-            if held:
-                self._send(worker_id, Release(tuple(held)))
-                held.clear()
-
-    def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
-        """The next (message, batch) from any worker; batch is None except for a Result.
+    def receive(self, timeout_s: float | None, prefer: int | None = None) -> tuple[Any, Any]:
+        """The next (message, batch) from any worker, worker ``prefer``'s first; batch is
+        None except for a Result.
 
         Raises :class:`WorkerError` when a worker has died, and ``TimeoutError`` when
         ``timeout_s`` passes without a message.
         """
-        results = self._results
+        if prefer is not None:  # the common case: the batch due next is already there
+            record = self._channels[prefer].results.read()
+            if record is not None:
+                got = self._deliver(prefer, record)
+                if got is not None:
+                    return got
         deadline = None
         while True:
-            if results.get(zmq.EVENTS) & zmq.POLLIN:
-                message = unpack(results.recv())
-                if type(message) is Result:
-                    payload = message.layout if message.codec == LAYOUT else results.recv()
-                    return message, self._decode(message, payload)
-                return message, None
-            self.flush_releases()
+            got = self._take(prefer)
+            if got is not None:
+                return got
             if self._start_one():
                 continue  # the main process had nothing better to do than fork
+            rung = self._results_bell.drain()  # stale rings out, then one last look
+            if not STRONG_ORDER:
+                self._credit(rung)
+            got = self._take(prefer)
+            if got is not None:
+                return got
             if deadline is None and timeout_s is not None:
                 deadline = time.monotonic() + timeout_s
             wait_ms = _POLL_MS if deadline is None else \
@@ -417,30 +442,96 @@ class WorkerPool:
             blocked = time.perf_counter()
             events = dict(self._poller.poll(wait_ms))
             self.blocked_s += time.perf_counter() - blocked
-            if results in events:
-                continue
-            if events:
-                self._raise_if_dead()
+            if self._results in events:
+                self._pull_spilled()
+            if len(events) > (self._results in events) + \
+                    (self._results_bell.read_fd in events):
+                self._raise_if_dead()  # a sentinel fired
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
 
-    def _decode(self, message: Result, payload: Any) -> Any:
-        lease = None
-        if message.slot >= 0 and message.slot_size:
-            lease = self._arenas[message.worker_id].lease(message.slot, message.slot_size)
-            self._leased[message.worker_id].add(message.slot)
-        return decode(message.codec, payload, lease, message.spans)
+    def _credit(self, rung: bytes) -> None:
+        for k in Doorbell.ids(rung):
+            if k < len(self._channels):
+                self._channels[k].results.credits += 1
+
+    def _take(self, prefer: int | None) -> tuple[Any, Any] | None:
+        """The next record of the preferred ring, else of any ring; None if all are empty."""
+        channels = self._channels
+        if prefer is not None:
+            got = self._take_from(prefer)
+            if got is not None:
+                return got
+        n = len(channels)
+        start = self._next
+        for i in range(n):
+            k = (start + i) % n
+            if k == prefer:
+                continue
+            got = self._take_from(k)
+            if got is not None:
+                self._next = k + 1
+                return got
+        return None
+
+    def _take_from(self, worker_id: int) -> tuple[Any, Any] | None:
+        while True:
+            record = self._channels[worker_id].results.read()
+            if record is None:
+                return None
+            got = self._deliver(worker_id, record)
+            if got is not None:
+                return got  # else a spilled message died with its worker: on to the next
+
+    def _deliver(self, worker_id: int, record: tuple) -> tuple[Any, Any] | None:
+        tag, payload = record
+        message = unpack(payload) if tag == MSG else self._spilled_from(worker_id)
+        if message is None:
+            return None
+        if type(message) is Result:
+            lease = None
+            if message.slot >= 0 and message.slot_size:
+                lease = self._arenas[worker_id].lease(message.slot, message.slot_size,
+                                                      message.gen)
+                self._issued[worker_id][message.slot] = message.gen
+            return message, decode(message.codec, message.payload, lease, message.spans)
+        return message, None
+
+    def _pull_spilled(self) -> None:
+        """Move every spill-path message that has arrived to its worker's queue."""
+        results = self._results
+        while results.get(zmq.EVENTS) & zmq.POLLIN:
+            message = unpack(results.recv())
+            self._spilled[message.worker_id].append(message)
+
+    def _spilled_from(self, worker_id: int) -> Any:
+        """Worker k's next spill-path message (its SPILL record says it was sent), or None
+        when the worker died before zmq delivered it (the batch is then owed)."""
+        queue = self._spilled[worker_id]
+        while not queue:
+            self._pull_spilled()
+            if queue:
+                break
+            if not self._results.poll(_POLL_MS, zmq.POLLIN):
+                if self._processes[worker_id].exitcode is not None and \
+                        self._ledger.wait_closed(self._addresses(worker_id)[1],
+                                                 _DRAIN_TIMEOUT_S):
+                    self._pull_spilled()
+                    if not queue:
+                        return None
+        return queue.popleft()
 
     def _raise_if_dead(self) -> None:
         """Raise WorkerError for a dead worker once all it sent has been received."""
         for k, process in enumerate(self._processes):
             if k in self._retired or self._pids[k] is None or process.exitcode is None:
                 continue
+            if any(c.results.ready() for c in self._channels):
+                return  # its last words (or others' results) are there: deliver them first
             if k not in self._settled and \
                     self._ledger.wait_closed(self._addresses(k)[1], _DRAIN_TIMEOUT_S):
                 self._settled.add(k)
-            if self._results.get(zmq.EVENTS) & zmq.POLLIN:
-                return  # its last words (or others' results) are there: deliver them first
+            self._pull_spilled()  # what it spilled without a record never counted
             raise WorkerError(describe_exit(k, process.pid, process.exitcode),
                               worker_id=k, pid=process.pid, exitcode=process.exitcode)
 
@@ -471,8 +562,8 @@ class WorkerPool:
         for k, process in started:
             if process.exitcode is None and k not in self._retired:
                 try:
-                    self._send(k, Stop())
-                except zmq.ZMQError:
+                    self._post(k, Stop())
+                except (zmq.ZMQError, RuntimeError, OSError):
                     pass
         deadline = time.monotonic() + _JOIN_TIMEOUT_S
         for _, process in started:
@@ -489,6 +580,12 @@ class WorkerPool:
         for arena in self._arenas:
             _ALL_SLOT_FDS.difference_update(arena.fds)
             arena.close()
+        for channel in self._channels:
+            _ALL_SLOT_FDS.discard(channel.fd)
+            channel.close()
+        for bell in [*self._bells, self._results_bell]:
+            _ALL_SLOT_FDS.difference_update(bell.fds)
+            bell.close()
         for fd in self._dump_fds:
             _ALL_SLOT_FDS.discard(fd)
             os.close(fd)

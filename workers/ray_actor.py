@@ -32,7 +32,7 @@ from typing import Any, Callable
 from loader.ipc import codec
 from loader.ipc.heap import HeapWriter
 from loader.ipc.messages import Result, pack
-from loader.workers.task import SKIP, Encoded, EpochState, fetch_and_encode
+from loader.workers.task import SKIP, Encoded, EpochState, RunningTotals, fetch_and_encode
 from loader.workers.threads import limit_threads
 
 __all__ = ["ActorSpec", "LoaderWorker"]
@@ -70,6 +70,7 @@ class LoaderWorker:
                               on_error, track_state, seeding, snapshot_every, dataset,
                               collate_fn, worker_init_fn)
         self.writer = HeapWriter()
+        self.totals = RunningTotals()  # the actor's running totals ride on every Result
         self.state = EpochState(self.spec, epoch, base_seed, run_init=True,
                                 replica_state=replica_state, seed_epoch=seed_epoch,
                                 restore=restore)
@@ -105,10 +106,11 @@ class LoaderWorker:
             buffer = None
         size = 0 if buffer is None else buffer.nbytes
         wid = self.spec.worker_id
+        totals = self.totals.add(out.timing)
         if out.kind == codec.LAYOUT:
-            head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing,
+            head = Result(epoch, batch_id, wid, 0, size, 0, out.kind, out.spans, totals,
                           out.payload, out.entry)
             return note, pack(head), None, buffer
-        head = Result(epoch, batch_id, wid, 0, size, out.kind, out.spans, out.timing, None,
+        head = Result(epoch, batch_id, wid, 0, size, 0, out.kind, out.spans, totals, None,
                       out.entry)
         return note, pack(head), out.payload, buffer

@@ -275,8 +275,10 @@ class RayPool:
         self._drop_tasks(worker_id, before_epoch=epoch)
         self._actors[worker_id].new_epoch.remote(epoch, base_seed, seed_epoch, restore)
 
-    def receive(self, timeout_s: float | None) -> tuple[Any, Any]:
+    def receive(self, timeout_s: float | None, prefer: int | None = None) -> tuple[Any, Any]:
         """The next (message, batch) from any worker; batch is None except for a Result.
+        (``prefer``, the worker whose batch is due, is a hint this engine does not need:
+        it waits on every worker's oldest call at once.)
 
         Raises :class:`WorkerError` when a worker's actor or node is gone (or it cannot
         be placed), and ``TimeoutError`` when ``timeout_s`` passes without a message
@@ -339,7 +341,7 @@ class RayPool:
             else:
                 lease = _lease_over(buffer)
                 lease._ref = ref  # the object lives as long as any view of the batch
-        body = message.layout if message.codec == LAYOUT else payload
+        body = message.payload if message.codec == LAYOUT else payload
         return message, decode(message.codec, body, lease, message.spans)
 
     def _gone(self, worker_id: int, exc: BaseException) -> WorkerError:

@@ -26,6 +26,7 @@ from the same seeds and report failures the same way.
 
 from __future__ import annotations
 
+import os
 import pickle
 import traceback
 from time import perf_counter, thread_time
@@ -38,7 +39,8 @@ from loader.worker_info import WorkerInfo, _set_worker_info
 from loader.workers.fetch import BatchSkipped, end_state, load_dataset_state, make_fetcher
 from loader.workers.seeding import BatchSeeder, seed_worker
 
-__all__ = ["SKIP", "Encoded", "EpochState", "batch_note", "failure", "fetch_and_encode"]
+__all__ = ["SKIP", "Encoded", "EpochState", "RunningTotals", "batch_note", "failure",
+           "fetch_and_encode"]
 
 SKIP = object()  # precheck's "no reply at all": a stale task, or a replica already ended
 
@@ -48,8 +50,33 @@ class Encoded(NamedTuple):
     kind: int  # ipc/codec.py: LAYOUT, PICKLE or INBAND
     payload: Any
     spans: tuple
-    timing: tuple  # (samples, fetch_s, collate_s, encode_s, cpu_s), as in Result
+    timing: tuple  # (samples, fetch_s, collate_s, encode_s, cpu_s): RunningTotals.add
     entry: Any = None  # the replica's resume entry after this batch, when one was taken
+
+
+class RunningTotals:
+    """A worker's totals since it started, as every Result carries them (``timing``):
+    (batches, samples, fetch_s, collate_s, encode_s, cpu_s, pid). The main process keeps
+    the latest per worker instead of adding per batch (loader/stats.py); the pid tells a
+    replacement's totals from its predecessor's."""
+
+    __slots__ = ("_sums", "_pid")
+
+    def __init__(self) -> None:
+        self._sums = [0, 0, 0.0, 0.0, 0.0, 0.0]
+        self._pid = os.getpid()
+
+    def add(self, timing: tuple) -> tuple:
+        """Count one batch's ``Encoded.timing`` (samples, fetch_s, collate_s, encode_s,
+        cpu_s); the new totals."""
+        sums = self._sums
+        sums[0] += 1
+        sums[1] += timing[0]
+        sums[2] += timing[1]
+        sums[3] += timing[2]
+        sums[4] += timing[3]
+        sums[5] += timing[4]
+        return (*sums, self._pid)
 
 
 class EpochState:

@@ -5,6 +5,12 @@ thread pools inherited across ``fork`` are a classic cause of freezes. A worker 
 caps them to one thread at start, unless the user chose a size through the usual
 environment variables (``OMP_NUM_THREADS`` and friends), which then win. Pools already
 loaded (numpy's OpenBLAS after ``fork``) are set through their C API, like threadpoolctl.
+
+OpenBLAS re-creates its server threads when its thread count is set after a fork, and a
+fresh server thread spins (``sched_yield``) for 2^28 cycles, about 0.1 s of a core, before
+it sleeps: with two workers on two cores that was a fifth of the first epoch's CPU. A
+worker with one BLAS thread needs no server, so it is shut down right after the cap
+(``blas_thread_shutdown_``, the function OpenBLAS's own fork handler calls).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ _LIB_PATTERN = re.compile(r"(/\S*(?:openblas|mkl_rt|libgomp|libiomp5|libomp)\S*\
 _SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
             "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "MKL_Set_Num_Threads", "omp_set_num_threads")
+_SHUTDOWNS = ("blas_thread_shutdown_",)  # OpenBLAS: stop the server threads (they restart
+#                                          lazily if a later call asks for more threads)
 _GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
             "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
             "MKL_Get_Max_Threads", "omp_get_max_threads")
@@ -77,6 +85,9 @@ def limit_threads(limit: int | None) -> None:
         os.environ[name] = str(limit)
     for fn in _functions(_SETTERS):
         fn(limit)
+    if limit == 1:
+        for fn in _functions(_SHUTDOWNS):
+            fn()
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(limit)

@@ -1,0 +1,161 @@
+"""The shared-memory channel (ipc/channel.py): rings, doorbells, the spill path, and
+the weak-memory-order mode, in one process and across a fork."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from loader import DataLoader, IterableDataset
+from loader.ipc import channel as channel_mod
+from loader.ipc.channel import MAX_RECORD, MSG, RING_BYTES, SPILL, Channel, Doorbell
+
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+
+
+@pytest.fixture
+def rings():
+    main = Channel.create(0, 4)
+    worker = Channel(main.fd, 4, main=False)
+    yield main, worker
+    worker.close()
+    main.close()
+
+
+def test_records_come_out_in_order_through_wraps(rings):
+    main, worker = rings
+    rng = random.Random(7)
+    sent, got, refused = [], [], 0
+    for _ in range(60_000):
+        if rng.random() < 0.55:
+            n = rng.choice([0, 1, 7, 8, 9, 200, 5_000, 60_000, MAX_RECORD])
+            payload = bytes([len(sent) % 251]) * n
+            if main.tasks.write(payload):
+                sent.append(payload)
+            else:
+                refused += 1
+        elif (record := worker.tasks.read()) is not None:
+            got.append(record[1])
+    while (record := worker.tasks.read()) is not None:
+        got.append(record[1])
+    assert got == sent and len(sent) > 10_000
+    assert refused  # a full ring says so instead of overwriting
+
+
+def test_a_ring_refuses_what_does_not_fit_and_a_steady_exchange_never_does(rings):
+    main, worker = rings
+    assert not worker.results.write(b"x" * (MAX_RECORD + 1))  # spill path instead
+    for i in range(20_000):  # one in, one out: early wraps keep room for a burst
+        assert worker.results.write(i.to_bytes(4, "little") * (i % 300))
+        tag, payload = main.results.read()
+        assert tag == MSG and payload == i.to_bytes(4, "little") * (i % 300)
+    written = 0
+    while worker.results.write(b"y" * 1000):
+        written += 1  # fill it: nothing is overwritten, the ring just says no
+    assert written >= RING_BYTES // 1008 - 1 and main.results.ready()  # a wrap may cost one
+    assert all(main.results.read() == (MSG, b"y" * 1000) for _ in range(written))
+    assert main.results.read() is None and worker.results.write(b"", SPILL)
+    assert main.results.read() == (SPILL, b"")
+
+
+def test_slot_release_counters_are_shared(rings):
+    main, worker = rings
+    main.words[main.release_index(2)] = 5
+    assert worker.released(2) == 5 and worker.released(1) == 0
+
+
+def test_doorbell_names_who_rang():
+    bell = Doorbell.create()
+    try:
+        for writer in (3, 0, 300, 3):
+            Doorbell(-1, bell.write_fd, writer_id=writer).ring()
+        assert Doorbell.ids(bell.drain()) == [3, 0, 300, 3]
+        assert bell.drain() == b""
+    finally:
+        bell.close()
+
+
+def test_records_written_by_a_forked_child_arrive_in_order(rings):
+    main, _ = rings
+    pid = os.fork()
+    if pid == 0:  # the child writes 5,000 records as a worker would, then leaves
+        try:
+            child = Channel(main.fd, 4, main=False)
+            for i in range(5_000):
+                while not child.results.write(i.to_bytes(8, "little") * (1 + i % 50)):
+                    pass
+        finally:
+            os._exit(0)
+    got = []
+    while len(got) < 5_000:
+        record = main.results.read()
+        if record is not None:
+            got.append(record[1])
+    os.waitpid(pid, 0)
+    assert got == [i.to_bytes(8, "little") * (1 + i % 50) for i in range(5_000)]
+
+
+class Alternating(IterableDataset):
+    """Small batches, and every third one far larger than a ring record may be."""
+
+    def __iter__(self):
+        for i in range(60):
+            yield [f"{i}-{j}-" + "x" * 40 for j in range(4_000 if i % 3 == 0 else 2)], i
+
+
+def test_oversized_records_take_the_spill_path_in_order():
+    def collate(samples):
+        return [s[0] for s in samples], np.array([s[1] for s in samples])
+
+    expected = [(names, ids.tolist()) for names, ids in
+                DataLoader(Alternating(), batch_size=1, collate_fn=collate)]
+    for workers in (1, 2):
+        dl = DataLoader(Alternating(), batch_size=1, num_workers=workers, collate_fn=collate)
+        got = [(names, ids.tolist()) for names, ids in dl]
+        if workers == 1:
+            assert got == expected
+        else:  # each replica yields the whole stream: each batch twice, in turn
+            assert got[::2] == expected and got[1::2] == expected
+    assert sum(map(len, expected[0][0][0])) > MAX_RECORD  # the first batch had to spill
+
+
+def test_huge_task_records_spill_and_keep_their_place():
+    sizes = [3, 40_000, 5, 60_000, 2]  # 40,000 keys pickle to ~200 kB: over a record
+    sampler = []
+    start = 0
+    for n in sizes:
+        sampler.append(list(range(start, start + n)))
+        start += n
+    dl = DataLoader(list(range(start)), batch_sampler=sampler, num_workers=2,
+                    output="numpy")
+    assert [b.tolist() for b in dl] == sampler
+    assert RING_BYTES // 4 == MAX_RECORD
+
+
+def test_weak_memory_order_mode_consumes_only_what_the_doorbell_vouched_for(monkeypatch):
+    """On machines without x86's store order a reader trusts a record only after the
+    writer's doorbell ring for it; forcing that mode here runs its code for real."""
+    monkeypatch.setattr(channel_mod, "STRONG_ORDER", False)
+    import loader.workers.loop as loop
+    import loader.workers.pool as pool
+    monkeypatch.setattr(loop, "STRONG_ORDER", False)
+    monkeypatch.setattr(pool, "STRONG_ORDER", False)
+    data = [np.full(3, i) for i in range(300)]
+    for workers in (1, 3):
+        dl = DataLoader(data, batch_size=7, num_workers=workers, output="numpy")
+        got = np.concatenate([b for b in dl])
+        assert got[:, 0].tolist() == list(range(300))
+
+
+def test_weak_memory_order_ring_waits_for_credit(rings, monkeypatch):
+    monkeypatch.setattr(channel_mod, "STRONG_ORDER", False)
+    main, worker = rings
+    assert worker.results.write(b"a") and worker.results.write(b"b")
+    assert main.results.ready() and main.results.read() is None  # no credit yet
+    main.results.credits += 1
+    assert main.results.read() == (MSG, b"a") and main.results.read() is None
+    main.results.credits += 1
+    assert main.results.read() == (MSG, b"b")
