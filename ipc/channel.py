@@ -23,9 +23,16 @@
   ring is the writer's 2-byte id, so one shared pipe still tells whose records are
   vouched for (:data:`STRONG_ORDER`).
 - **Doorbells are pipes**, not eventfds: a spawned worker opens the parent's pipe
-  through ``/proc/<pid>/fd/N`` like its slots (an eventfd cannot be reopened that way).
-  A writer always rings after publishing (one ``write`` syscall, ~0.3 us, wakes nobody
-  who is awake); a full pipe already means "rung".
+  through ``/proc/<pid>/fd/N`` like its slots (an eventfd cannot be reopened that way);
+  a full pipe already means "rung".
+- **Ring only a sleeper.** A reader about to sleep stores 1 in its ``asleep`` word,
+  fences, and looks at its rings once more before it polls; a writer publishes, fences
+  and rings only if the reader's word is 1 (:meth:`Channel.wake_worker`,
+  :meth:`Channel.wake_main`). One of the two always sees the other's store (Dekker), so
+  no wake-up is lost, and a reader that is awake costs the writer no syscall (a pipe
+  write that wakes another vCPU costs tens of microseconds on a VM). The fence is a
+  locked instruction (an uncontended lock's acquire and release). Without
+  :data:`STRONG_ORDER` every publish rings, as the credits below need.
 - **Records.** ``[u32 length][u32 tag][payload, padded to 8 bytes]``. A record that
   does not fit before the end of the buffer leaves a WRAP marker and starts at 0; so does
   a record written into an empty ring past its middle, which keeps laps short (warm
@@ -43,9 +50,10 @@ import mmap
 import os
 import platform
 import struct
+import threading
 
 __all__ = ["Channel", "Doorbell", "MAX_RECORD", "MSG", "RING_BYTES", "SPILL",
-           "STRONG_ORDER", "open_pipe_end"]
+           "STRONG_ORDER", "fence", "open_pipe_end"]
 
 RING_BYTES = 1 << 19  # bytes per ring: 512 KiB holds hundreds of large task records;
 #                       only the pages a ring actually reaches are ever allocated
@@ -54,11 +62,23 @@ MAX_RECORD = RING_BYTES // 4  # larger records take the spill path (zmq), so a b
 MSG, SPILL, _WRAP = 1, 2, 3  # record tags
 _LINE = 64  # bytes: one counter per cache line, so the two sides never share a line
 _TASK_HEAD, _TASK_TAIL, _RESULT_HEAD, _RESULT_TAIL = 0, 1, 2, 3  # counter lines
-_FIRST_SLOT_LINE = 4  # released[s] lives on line 4 + s
+_WORKER_ASLEEP, _MAIN_ASLEEP = 4, 5  # 1 while that side may sleep in poll (its own word)
+_FIRST_SLOT_LINE = 6  # released[s] lives on line 6 + s
 _HEADER = struct.Struct("@II")  # length, tag
 _WORD = _LINE // 8  # int64 words per line
 STRONG_ORDER = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 _BELL_BYTES = 1 << 16  # what one drain reads from a doorbell pipe
+
+
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: an uncontended lock's acquire and release are locked
+    instructions (sem_trywait / sem_post), which order every earlier store before every
+    later load on x86-64."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 def _pad(n: int) -> int:
@@ -168,6 +188,30 @@ class Channel:
         """Empty the task ring for a replacement worker (main side, its reader dead): the
         new reader starts at the current head."""
         self.words[_TASK_TAIL * _WORD] = self.words[_TASK_HEAD * _WORD]
+
+    # ------------------------------------------------------ who may be asleep
+
+    def set_worker_asleep(self, asleep: bool) -> None:
+        """The worker, around its poll: 1 then :func:`fence` then one last look."""
+        self.words[_WORKER_ASLEEP * _WORD] = asleep
+
+    def set_main_asleep(self, asleep: bool) -> None:
+        """The main process, around its poll (one word per channel, all its own)."""
+        self.words[_MAIN_ASLEEP * _WORD] = asleep
+
+    def wake_worker(self) -> bool:
+        """After publishing a task: whether the worker's doorbell must be rung."""
+        if not STRONG_ORDER:
+            return True
+        fence()
+        return self.words[_WORKER_ASLEEP * _WORD] != 0
+
+    def wake_main(self) -> bool:
+        """After publishing a result: whether the results doorbell must be rung."""
+        if not STRONG_ORDER:
+            return True
+        fence()
+        return self.words[_MAIN_ASLEEP * _WORD] != 0
 
     def release_index(self, slot: int) -> int:
         """Where ``released[slot]`` lives in :attr:`words`."""

@@ -159,3 +159,90 @@ def test_weak_memory_order_ring_waits_for_credit(rings, monkeypatch):
     assert main.results.read() == (MSG, b"a") and main.results.read() is None
     main.results.credits += 1
     assert main.results.read() == (MSG, b"b")
+
+
+def test_a_writer_rings_only_a_reader_that_said_it_may_sleep(rings):
+    main, worker = rings
+    assert not main.wake_worker() and not worker.wake_main()  # both awake: no syscall
+    worker.set_worker_asleep(True)
+    main.set_main_asleep(True)
+    assert main.wake_worker() and worker.wake_main()
+    worker.set_worker_asleep(False)
+    assert not main.wake_worker() and worker.wake_main()
+
+
+def _sleep_until(ring, channel, bell, asleep) -> bool:
+    """The readers' protocol (workers/loop.py, workers/pool.py): drain, look, say "asleep",
+    fence, look again, poll. False if the poll timed out with a record waiting: a lost
+    wake-up."""
+    import select
+    poller = select.poll()
+    poller.register(bell.read_fd, select.POLLIN)
+    while True:
+        bell.drain()
+        if ring.ready():
+            return True
+        asleep(True)
+        channel_mod.fence()
+        if ring.ready():
+            asleep(False)
+            return True
+        events = poller.poll(2_000)
+        asleep(False)
+        if not events:
+            return not ring.ready()  # nothing came and nothing is there: keep honest
+
+
+def test_no_wake_up_is_lost_when_both_sides_sleep_between_records(rings):
+    """Ping-pong across a fork, each side sleeping before every record: the Dekker
+    handshake must wake the sleeper every time (a lost wake-up is a 2 s poll timeout)."""
+    main, _ = rings
+    to_worker, to_main = Doorbell.create(), Doorbell.create()
+    rounds = 3_000
+    pid = os.fork()
+    if pid == 0:
+        lost = 0
+        try:
+            child = Channel(main.fd, 4, main=False)
+            for i in range(rounds):
+                if not _sleep_until(child.tasks, child, to_worker, child.set_worker_asleep):
+                    lost += 1
+                    continue
+                _, payload = child.tasks.read()
+                assert child.results.write(payload)
+                if child.wake_main():
+                    to_main.ring()
+        finally:
+            os._exit(min(lost, 100))
+    lost = 0
+    try:
+        for i in range(rounds):
+            assert main.tasks.write(i.to_bytes(8, "little"))
+            if main.wake_worker():
+                to_worker.ring()
+            if not _sleep_until(main.results, main, to_main, main.set_main_asleep):
+                lost += 1
+                break
+            assert main.results.read() == (MSG, i.to_bytes(8, "little"))
+    finally:
+        _, status = os.waitpid(pid, 0)
+        to_worker.close()
+        to_main.close()
+    assert lost == 0 and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_loader_that_sleeps_on_every_batch_never_waits_for_a_timeout():
+    """One worker, one task at a time: main and worker both sleep before nearly every
+    record, so a lost wake-up would cost a whole 1 s poll somewhere in 3,000 batches."""
+    import time
+    dl = DataLoader(np.arange(3_000), batch_size=1, num_workers=1, prefetch_factor=1,
+                    output="numpy")
+    worst = 0.0
+    seen = []
+    it = iter(dl)
+    for _ in range(3_000):
+        t = time.perf_counter()
+        seen.append(int(next(it)[0]))
+        worst = max(worst, time.perf_counter() - t)
+    assert seen == list(range(3_000))
+    assert worst < 0.5, f"one next() took {worst:.3f} s"

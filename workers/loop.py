@@ -49,7 +49,8 @@ import zmq
 from loader.ipc import codec
 from loader.ipc.arena import SlotWriter
 from loader import collate
-from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell, open_pipe_end
+from loader.ipc.channel import (MSG, SPILL, STRONG_ORDER, Channel, Doorbell, fence,
+                                open_pipe_end)
 from loader.ipc.messages import Result, Resume, Stop, Task, pack, unpack
 from loader.workers.landing import landing_collate
 from loader.workers.progress import ProgressWord
@@ -160,7 +161,8 @@ class _Worker:
             self.out.send(record)
             if not ring.write(b"", SPILL):
                 raise RuntimeError("the result ring is full of spill markers")
-        self.results_bell.ring()
+        if self.channel.wake_main():
+            self.results_bell.ring()
 
     def parent_alive(self, ready: set) -> bool:
         if self.parent_fd is not None:
@@ -176,7 +178,16 @@ class _Worker:
                 ring.credits += len(Doorbell.ids(rung))
             if ring.ready() and (STRONG_ORDER or ring.credits > 0):
                 return True
-            ready = {fd for fd, _ in self.poller.poll(_PARENT_CHECK_MS)}
+            if STRONG_ORDER:  # ask to be rung, then one last look (channel.py)
+                self.channel.set_worker_asleep(True)
+                fence()
+                if ring.ready():
+                    self.channel.set_worker_asleep(False)
+                    return True
+            try:
+                ready = {fd for fd, _ in self.poller.poll(_PARENT_CHECK_MS)}
+            finally:
+                self.channel.set_worker_asleep(False)
             if not self.parent_alive(ready):
                 return False
 

@@ -51,7 +51,7 @@ import zmq
 
 from loader.ipc.arena import Arena
 from loader.ipc.capacity import check_before_start
-from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell
+from loader.ipc.channel import MSG, SPILL, STRONG_ORDER, Channel, Doorbell, fence
 from loader.ipc.codec import decode
 from loader.ipc.messages import Result, Resume, Stop, Task, pack, unpack
 from loader.errors import WorkerError, describe_exit
@@ -394,7 +394,8 @@ class WorkerPool:
             if not ring.write(b"", SPILL):
                 raise RuntimeError(f"the task ring of worker {worker_id} is full of spill "
                                    "markers")
-        self._bells[worker_id].ring()
+        if self._channels[worker_id].wake_worker():
+            self._bells[worker_id].ring()
 
     def new_epoch(self, worker_id: int, epoch: int, base_seed: int, *, seed_epoch: int = 0,
                   restore: Any = None) -> None:
@@ -439,8 +440,15 @@ class WorkerPool:
                 deadline = time.monotonic() + timeout_s
             wait_ms = _POLL_MS if deadline is None else \
                 max(0, min(_POLL_MS, int((deadline - time.monotonic()) * 1000)))
+            if STRONG_ORDER:  # ask to be rung, then one last look (channel.py)
+                got = self._asleep_unless_ready(prefer)
+                if got is not None:
+                    return got
             blocked = time.perf_counter()
-            events = dict(self._poller.poll(wait_ms))
+            try:
+                events = dict(self._poller.poll(wait_ms))
+            finally:
+                self._set_asleep(False)
             self.blocked_s += time.perf_counter() - blocked
             if self._results in events:
                 self._pull_spilled()
@@ -449,6 +457,20 @@ class WorkerPool:
                 self._raise_if_dead()  # a sentinel fired
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
+
+    def _set_asleep(self, asleep: bool) -> None:
+        for channel in self._channels:
+            channel.set_main_asleep(asleep)
+
+    def _asleep_unless_ready(self, prefer: int | None) -> tuple[Any, Any] | None:
+        """Mark the main process asleep on every channel; if a record came in meanwhile,
+        take it (and stay awake)."""
+        self._set_asleep(True)
+        fence()
+        got = self._take(prefer)
+        if got is not None:
+            self._set_asleep(False)
+        return got
 
     def _credit(self, rung: bytes) -> None:
         for k in Doorbell.ids(rung):
