@@ -18,6 +18,8 @@ error for its rows and never stops the suite.
 from __future__ import annotations
 
 import importlib
+import os
+import time
 from typing import Any
 
 from .adapters import Adapter, TorchAdapter
@@ -79,9 +81,66 @@ class GrainAdapter(Adapter):
             close()
 
 
+_SHM = "/dev/shm"
+_SPDL_BLOCKS = "psm_"  # multiprocessing.shared_memory's names: SPDL's batches travel in them
+_SPDL_SETTLE_S = 5.0  # how long SPDL's own trackers get to unlink its blocks after a run
+
+
+def _blocks() -> set[str]:
+    try:
+        return {n for n in os.listdir(_SHM) if n.startswith(_SPDL_BLOCKS)}
+    except FileNotFoundError:
+        return set()
+
+
+def _held(names: set[str]) -> set[str]:
+    """The names some live process still maps or holds open."""
+    paths = {f"{_SHM}/{n}": n for n in names}
+    held: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+            held.update(n for path, n in paths.items() if path in maps)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target in paths:
+                    held.add(paths[target])
+        except OSError:
+            continue
+    return held
+
+
 class SpdlAdapter(Adapter):
+    """SPDL's process pool. Its workers hand batches over in ``psm_*`` shared-memory
+    blocks that its trackers unlink after the run; a block of a batch in flight when the
+    loop closed is sometimes never unlinked, so :meth:`finish` removes the blocks that
+    appeared during the suite and that no live process holds any more."""
+
     name = "spdl"
     note = "spdl: spdl.dataloader.get_pytorch_dataloader(in_order=True)"
+
+    def __init__(self) -> None:
+        self._before: set[str] | None = None
+
+    def prepare(self, max_workers):
+        self._before = _blocks()
+
+    def finish(self):
+        if self._before is None:
+            return
+        deadline = time.monotonic() + _SPDL_SETTLE_S
+        while (new := _blocks() - self._before) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        from multiprocessing import shared_memory
+        for name in new - _held(new):
+            try:  # through the API, so this process's resource tracker forgets it too
+                block = shared_memory.SharedMemory(name=name)
+            except (FileNotFoundError, ValueError):
+                continue
+            block.close()
+            block.unlink()
+        self._before = None
 
     def unavailable(self):
         return _missing("spdl.dataloader")

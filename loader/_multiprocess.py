@@ -13,6 +13,12 @@
 - Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
+- Small batches go deeper: when the user left ``prefetch_factor`` to its default (2), the
+  first result's size sets the depth per worker to what :data:`_DEEP_BYTES` holds, at
+  most :data:`_DEEP_DEPTH` (a batch of a few KiB costs a wake-up of each side per batch
+  at depth 2, and a worker that runs dry sleeps; 8 keeps it busy). Batches of 4 MiB or
+  more keep torch's depth, so in-flight memory grows by at most ``_DEEP_BYTES`` per
+  worker. The ``prefetch_factor`` attribute stays what torch reports.
 - Self-healing (``loader/_healing.py``): a ``next()`` that waits ``stall_warning_s``
   warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
   stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
@@ -44,6 +50,8 @@ __all__ = ["MultiProcessIter"]
 
 _SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user holds while
 #                   asking for the next one, and one more, so steady loops never overflow
+_DEEP_DEPTH = 8  # in-flight batches per worker for small batches (prefetch_factor defaulted)
+_DEEP_BYTES = 8 << 20  # ... holding at most this many bytes per worker
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
 _EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
@@ -74,6 +82,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
         super().__init__(loader)
         assert loader.prefetch_factor > 0, "prefetch_factor must be positive with workers"
         self._prefetch_factor = loader.prefetch_factor
+        kind, engine_args = loader._backend_spec()
+        self._deepen = kind == "local" and loader._prefetch_default  # see _maybe_deepen
         self._in_order = loader.in_order
         self._persistent = loader.persistent_workers
         self._epoch = 0
@@ -87,14 +97,14 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._notes: dict[int, BatchNote] = {}  # batch id -> note waiting for its reply
         self._skips: dict[int, tuple] = {}  # batch id -> its skipped samples, until handed out
         self._pool: WorkerBackend | None = None
-        kind, engine_args = loader._backend_spec()
         self._pool = make_backend(
             kind, **engine_args, num_workers=self._num_workers,
             dataset=self._dataset, iterable=self._iterable,
             auto_collation=self._auto_collation, collate_fn=self._collate_fn,
             drop_last=self._drop_last, worker_init_fn=loader.worker_init_fn,
             base_seed=self._base_seed,
-            slots_per_worker=self._prefetch_factor + _SPARE_SLOTS,
+            slots_per_worker=(_DEEP_DEPTH if self._deepen else self._prefetch_factor)
+            + _SPARE_SLOTS,
             thread_limit=_THREAD_LIMIT, on_error=loader.on_error,
             track_state=self._heal.tracks_replicas, seeding=self._seeding,
             seed_epoch=self._progress.epoch, snapshot_every=self._ledger.worker_every,
@@ -306,6 +316,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 self._try_put_index()
                 continue
             if kind is Result:
+                if self._deepen:
+                    self._maybe_deepen(message)
                 outcome, entry = batch, message.state
             else:
                 outcome, entry = (_EMPTY if kind is EmptyBatch else message), None
@@ -395,6 +407,23 @@ class MultiProcessIter(HealingMixin, BaseIter):
     def _go_pool(self) -> None:
         """Back to the workers: refill the prefetch budget."""
         self._local = None
+        self._fill()
+
+    def _maybe_deepen(self, result: Result) -> None:
+        """Once, on the first batch: raise the per-worker depth for small batches (see
+        the module's docstring) and fill the budget it adds."""
+        self._deepen = False
+        size = result.slot_size
+        if isinstance(result.payload, (bytes, bytearray, memoryview)):
+            size += len(result.payload)
+        depth = min(_DEEP_DEPTH, _DEEP_BYTES // max(size, 1))
+        if depth <= self._prefetch_factor:
+            return
+        self._prefetch_factor = depth
+        self._fill()
+
+    def _fill(self) -> None:
+        """Dispatch until the prefetch budget is full (or the sampler is done)."""
         while True:
             before = self._tasks_outstanding
             self._try_put_index()
@@ -407,11 +436,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._num_workers += len(ids)
         self._workers_status += [True] * len(ids)
         self._workers_num_tasks += [0] * len(ids)
-        while True:
-            before = self._tasks_outstanding
-            self._try_put_index()
-            if self._tasks_outstanding == before:
-                break
+        self._fill()
         self._pool.start()
         self._recorder.resize(self._num_workers, self._pool.started_pids)
 

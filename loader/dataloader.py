@@ -160,6 +160,7 @@ class DataLoader(TorchNamesake, Generic[T_co]):
             )
         if timeout < 0:
             raise ValueError("timeout option should be non-negative")
+        self._prefetch_default = prefetch_factor is None  # the engine may go deeper
         if num_workers == 0 and prefetch_factor is not None:
             raise ValueError(
                 "prefetch_factor option could only be specified in multiprocessing."

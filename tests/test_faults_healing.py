@@ -211,7 +211,7 @@ def test_worker_init_fn_crash_every_time_is_told_as_a_start_up_death():
         def bad_init(worker_id):
             if worker_id == 1: fault("segfault")
         """, "DataLoader(DS(), batch_size=2, num_workers=2, worker_restarts=2, "
-             "worker_init_fn=bad_init)")
+             "worker_init_fn=bad_init, prefetch_factor=2)")  # torch's depth: owing 2
     ((name, message, _),) = result["errors"]
     assert name == "WorkerError"
     assert message.count("worker 1 (pid ") == 3, message
@@ -264,7 +264,7 @@ loader.close()
 def test_two_deaths_in_one_epoch_with_one_restart_is_an_error_naming_both():
     result = drive("", "DataLoader(DS(hook=lambda i: (i == 9 and once('sigkill')) or "
                        "(i == 31 and fault('sigkill'))), batch_size=2, num_workers=2, "
-                       "worker_restarts=1)")
+                       "worker_restarts=1, prefetch_factor=2)")  # batch 15 is queued late
     ((name, message, _),) = result["errors"]
     assert name == "WorkerError"
     assert "2 worker deaths in epoch 0; worker_restarts=1 allows 1 restart per" in message

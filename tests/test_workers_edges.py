@@ -151,6 +151,63 @@ def test_prefetch_factor():
         assert [b.tolist() for b in dl] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
+class CountingSampler(tud.Sampler):
+    """A sequential batch sampler that counts the batches drawn from it."""
+
+    def __init__(self, batches: int, batch_size: int) -> None:
+        self.batches, self.batch_size, self.drawn = batches, batch_size, 0
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        for b in range(self.batches):
+            self.drawn += 1
+            yield list(range(b * self.batch_size, (b + 1) * self.batch_size))
+
+
+class Rows:
+    """Samples of ``row_bytes`` bytes each."""
+
+    def __init__(self, n: int, row_bytes: int) -> None:
+        self.n, self.row = n, np.zeros(row_bytes, np.uint8)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.row, i
+
+
+def _drawn_after_two_batches(dataset, batch_size: int, **kwargs) -> tuple[int, list]:
+    sampler = CountingSampler(len(dataset) // batch_size, batch_size)
+    dl = DataLoader(dataset, batch_sampler=sampler, num_workers=2, output="numpy", **kwargs)
+    it = iter(dl)
+    ids = [next(it)[1].tolist() for _ in range(2)]
+    drawn = sampler.drawn
+    ids += [b[1].tolist() for b in it]
+    return drawn, ids
+
+
+def test_small_batches_go_deeper_only_when_prefetch_factor_was_left_to_its_default():
+    """A few-KiB batch: 8 in flight per worker once the first batch has told its size;
+    prefetch_factor=2 given: torch's 2 per worker, exactly (4 drawn, then one per batch
+    handed out); the batches are the same either way."""
+    data = Rows(40 * 4, 64)
+    expected = [list(range(b * 4, b * 4 + 4)) for b in range(40)]
+    drawn, ids = _drawn_after_two_batches(data, 4)
+    assert drawn == 2 * 8 + 2 and ids == expected
+    drawn, ids = _drawn_after_two_batches(data, 4, prefetch_factor=2)
+    assert drawn == 2 * 2 + 2 and ids == expected
+    assert DataLoader(data, num_workers=2).prefetch_factor == 2  # what torch reports
+
+
+def test_large_batches_keep_torchs_depth():
+    """4 MiB batches: 8 MiB per worker hold only two, so the depth stays torch's."""
+    drawn, ids = _drawn_after_two_batches(Rows(12 * 4, 1 << 20), 4)
+    assert drawn == 2 * 2 + 2 and ids == [list(range(b * 4, b * 4 + 4)) for b in range(12)]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # torch's __del__
 def test_prefetch_factor_zero_fails_on_iter_like_torch():
     with pytest.raises(AssertionError):
