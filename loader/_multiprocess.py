@@ -13,12 +13,13 @@
 - Workers run in a backend (``workers/backend.py``; the local one is ``workers/pool.py`` with
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
-- Small batches go deeper: when the user left ``prefetch_factor`` to its default (2), the
-  first result's size sets the depth per worker to what :data:`_DEEP_BYTES` holds, at
-  most :data:`_DEEP_DEPTH` (a batch of a few KiB costs a wake-up of each side per batch
-  at depth 2, and a worker that runs dry sleeps; 8 keeps it busy). Batches of 4 MiB or
-  more keep torch's depth, so in-flight memory grows by at most ``_DEEP_BYTES`` per
-  worker. The ``prefetch_factor`` attribute stays what torch reports.
+- Small batches go deeper: when the user left ``prefetch_factor`` to its default (2) and
+  a warm worker makes a batch in under :data:`_DEEP_WORK_S`, the batch's slot size sets
+  the depth per worker to what :data:`_DEEP_BYTES` holds, at most :data:`_DEEP_DEPTH` (a
+  fast batch of a few KiB costs a wake-up of each side per batch at depth 2, and a worker
+  that runs dry sleeps; 8 keeps it busy). Slow batches (I/O, heavy transforms) and
+  batches of 4 MiB or more keep torch's depth, so in-flight memory grows by at most
+  ``_DEEP_BYTES`` per worker. The ``prefetch_factor`` attribute stays what torch reports.
 - Self-healing (``loader/_healing.py``): a ``next()`` that waits ``stall_warning_s``
   warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
   stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
@@ -52,6 +53,8 @@ _SPARE_SLOTS = 2  # slots per worker beyond prefetch_factor: the batch the user 
 #                   asking for the next one, and one more, so steady loops never overflow
 _DEEP_DEPTH = 8  # in-flight batches per worker for small batches (prefetch_factor defaulted)
 _DEEP_BYTES = 8 << 20  # ... holding at most this many bytes per worker
+_DEEP_WORK_S = 1e-3  # ... and only while a batch takes less than this to fetch and collate
+_DEEP_PROBE = 8  # batches of one worker after which a slow dataset keeps torch's depth
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
 _EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
@@ -84,6 +87,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._prefetch_factor = loader.prefetch_factor
         kind, engine_args = loader._backend_spec()
         self._deepen = kind == "local" and loader._prefetch_default  # see _maybe_deepen
+        self._deep_probe: dict[int, tuple] = {}  # worker -> its latest (batches, work_s)
         self._in_order = loader.in_order
         self._persistent = loader.persistent_workers
         self._epoch = 0
@@ -410,21 +414,34 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._fill()
 
     def _maybe_deepen(self, result: Result) -> None:
-        """Once, on the first batch: raise the per-worker depth for small batches (see
-        the module's docstring) and fill the budget it adds."""
+        """Raise the per-worker depth for small, fast batches (see the module's docstring)
+        and fill the budget it adds, at the first batch a worker made in under
+        :data:`_DEEP_WORK_S` (its running totals against its previous result's: a worker's
+        first batches are cold); give up after :data:`_DEEP_PROBE` batches of one worker."""
+        batches, _, fetch_s, collate_s, encode_s = result.timing[:5]
+        work = fetch_s + collate_s + encode_s
+        previous = self._deep_probe.get(result.worker_id)
+        self._deep_probe[result.worker_id] = (batches, work)
+        if previous is None or batches <= previous[0]:
+            return
+        if (work - previous[1]) / (batches - previous[0]) > _DEEP_WORK_S:
+            if batches >= _DEEP_PROBE:
+                self._deepen = False  # a batch this slow hides the wake-ups, and a deep
+                #                       queue would only tie more work to each worker
+            return
         self._deepen = False
-        size = result.slot_size
-        if isinstance(result.payload, (bytes, bytearray, memoryview)):
-            size += len(result.payload)
-        depth = min(_DEEP_DEPTH, _DEEP_BYTES // max(size, 1))
+        depth = min(_DEEP_DEPTH, _DEEP_BYTES // max(result.slot_size, 1))
         if depth <= self._prefetch_factor:
             return
         self._prefetch_factor = depth
-        self._fill()
+        self._fill(arriving=1)  # ``result``: handed out next (which refills one) or buffered
 
-    def _fill(self) -> None:
-        """Dispatch until the prefetch budget is full (or the sampler is done)."""
-        while True:
+    def _fill(self, arriving: int = 0) -> None:
+        """Dispatch until the prefetch budget is full (or the sampler is done): batches in
+        flight, those waiting in the reorder buffer and ``arriving`` (received, not yet
+        handed out or buffered) count, as everywhere."""
+        budget = self._prefetch_factor * self._active_workers()
+        for _ in range(budget - self._tasks_outstanding - self._buffered - arriving):
             before = self._tasks_outstanding
             self._try_put_index()
             if self._tasks_outstanding == before:

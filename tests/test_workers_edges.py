@@ -6,6 +6,7 @@ ended replicas, prefetch limits, huge index lists).
 from __future__ import annotations
 
 import gc
+import time
 
 import numpy as np
 import pytest
@@ -179,33 +180,46 @@ class Rows:
         return self.row, i
 
 
-def _drawn_after_two_batches(dataset, batch_size: int, **kwargs) -> tuple[int, list]:
+_HANDED = 12  # batches handed out before counting: the workers are warm by then
+
+
+def _drawn_beyond_handed(dataset, batch_size: int, **kwargs) -> tuple[int, list]:
+    """How many batches the loader had drawn beyond those it handed out, after
+    :data:`_HANDED` of them; and every batch's sample ids."""
     sampler = CountingSampler(len(dataset) // batch_size, batch_size)
     dl = DataLoader(dataset, batch_sampler=sampler, num_workers=2, output="numpy", **kwargs)
     it = iter(dl)
-    ids = [next(it)[1].tolist() for _ in range(2)]
-    drawn = sampler.drawn
+    ids = [next(it)[1].tolist() for _ in range(_HANDED)]
+    ahead = sampler.drawn - _HANDED
     ids += [b[1].tolist() for b in it]
-    return drawn, ids
+    return ahead, ids
 
 
-def test_small_batches_go_deeper_only_when_prefetch_factor_was_left_to_its_default():
-    """A few-KiB batch: 8 in flight per worker once the first batch has told its size;
-    prefetch_factor=2 given: torch's 2 per worker, exactly (4 drawn, then one per batch
-    handed out); the batches are the same either way."""
-    data = Rows(40 * 4, 64)
-    expected = [list(range(b * 4, b * 4 + 4)) for b in range(40)]
-    drawn, ids = _drawn_after_two_batches(data, 4)
-    assert drawn == 2 * 8 + 2 and ids == expected
-    drawn, ids = _drawn_after_two_batches(data, 4, prefetch_factor=2)
-    assert drawn == 2 * 2 + 2 and ids == expected
+def test_small_fast_batches_go_deeper_only_when_prefetch_factor_was_left_to_its_default():
+    """A few-KiB batch made in microseconds: 8 in flight per worker once a warm worker
+    has made one; prefetch_factor=2 given: torch's 2 per worker, exactly; the batches are
+    the same either way."""
+    data = Rows(60 * 4, 64)
+    expected = [list(range(b * 4, b * 4 + 4)) for b in range(60)]
+    ahead, ids = _drawn_beyond_handed(data, 4)
+    assert ahead == 2 * 8 and ids == expected
+    ahead, ids = _drawn_beyond_handed(data, 4, prefetch_factor=2)
+    assert ahead == 2 * 2 and ids == expected
     assert DataLoader(data, num_workers=2).prefetch_factor == 2  # what torch reports
 
 
-def test_large_batches_keep_torchs_depth():
-    """4 MiB batches: 8 MiB per worker hold only two, so the depth stays torch's."""
-    drawn, ids = _drawn_after_two_batches(Rows(12 * 4, 1 << 20), 4)
-    assert drawn == 2 * 2 + 2 and ids == [list(range(b * 4, b * 4 + 4)) for b in range(12)]
+class SlowRows(Rows):
+    def __getitem__(self, i: int):
+        time.sleep(0.0005)  # 4 samples: 2 ms a batch, an I/O-bound dataset
+        return super().__getitem__(i)
+
+
+def test_large_or_slow_batches_keep_torchs_depth():
+    """4 MiB batches (8 MiB per worker hold only two), and 2 ms batches (wake-ups are
+    lost in them; a deep queue would only tie work to a worker): torch's depth."""
+    for data in (Rows(30 * 4, 1 << 20), SlowRows(30 * 4, 64)):
+        ahead, ids = _drawn_beyond_handed(data, 4)
+        assert ahead == 2 * 2 and ids == [list(range(b * 4, b * 4 + 4)) for b in range(30)]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # torch's __del__
