@@ -217,6 +217,8 @@ class SpdlThreadsAdapter(Adapter):
         return _missing("spdl.pipeline")
 
     def unsupported(self, workload, num_workers, start_method, persistent):
+        if workload.kind == "memory":
+            return "not measured (threads: no worker processes to measure)"
         if workload.iterable:
             return "map-style datasets only (this adapter)"
         if persistent:
