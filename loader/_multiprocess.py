@@ -41,10 +41,10 @@ from typing import Any
 from loader._healing import Healer, HealingMixin, StallWatch, shown
 from loader.errors import WorkerError, rebuild_exception
 from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
-from loader.iterators import BaseIter
+from loader.iterators import SKIPPED, BaseIter, fetch_here
 from loader.workers import freeze
 from loader.workers.backend import WorkerBackend, make_backend
-from loader.workers.fetch import BatchSkipped, make_fetcher
+from loader.workers.fetch import make_fetcher
 from loader.workers.seeding import BatchSeeder
 
 __all__ = ["MultiProcessIter"]
@@ -364,7 +364,6 @@ class MultiProcessIter(HealingMixin, BaseIter):
     def _fetch_locally(self) -> Any:
         """The next batch fetched and collated here, as ``num_workers=0`` would
         (``SingleProcessIter._next_data``): skips, errors and progress alike."""
-        fetcher, progress = self._local, self._progress
         while True:
             try:
                 index = self._next_index()
@@ -374,19 +373,9 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 raise
             pos = self._index_pos
             self._send_idx = self._rcvd_idx = pos + 1  # positions stay in step
-            try:
-                data = fetcher.fetch(index, pos)
-            except BatchSkipped as exc:  # every sample raised: on to the next batch
-                progress.hand_out(pos, 0)
-                self._recorder.skip(self._skip_items(0, exc.skipped))
+            data = fetch_here(self, self._local, index, pos)
+            if data is SKIPPED:
                 continue
-            except Exception:
-                progress.hand_out(pos, 0, made=False)
-                raise
-            progress.hand_out(pos, 0)
-            if fetcher.skipped:
-                self._recorder.skip(self._skip_items(0, fetcher.skipped))
-            self._recorder.main_fetch(fetcher.count)
             autotune = self._autotune
             if autotune is not None and not autotune.settled:
                 autotune.observe(self)

@@ -202,6 +202,36 @@ class BaseIter:
         raise NotImplementedError(f"{type(self).__name__} cannot be pickled")
 
 
+SKIPPED = object()  # what fetch_here returns for a batch whose every sample was skipped
+
+
+def fetch_here(it: BaseIter, fetcher: Any, index: Any, pos: int) -> Any:
+    """Batch ``pos`` fetched and collated in this process by ``fetcher``, its hand-out,
+    skips and main-process fetch counted as a worker's batch would be: ``num_workers=0``,
+    and the pool's main-process fallback (``num_workers="auto"``). :data:`SKIPPED` when
+    every sample was skipped (its replica moved on; nothing to hand out)."""
+    progress, recorder = it._progress, it._recorder
+    try:
+        data = fetcher.fetch(index, pos)
+    except BatchSkipped as exc:
+        progress.hand_out(pos, 0)
+        recorder.skip(it._skip_items(0, exc.skipped))
+        return SKIPPED
+    except StopIteration:
+        if fetcher.skipped:  # an iterable replica that ended after some bad samples
+            recorder.skip(it._skip_items(0, fetcher.skipped))
+            fetcher.skipped = []
+        raise
+    except Exception:
+        progress.hand_out(pos, 0, made=False)
+        raise
+    progress.hand_out(pos, 0)
+    if fetcher.skipped:
+        recorder.skip(it._skip_items(0, fetcher.skipped))
+    recorder.main_fetch(fetcher.count)
+    return data
+
+
 class SingleProcessIter(BaseIter):
     """``num_workers=0``: fetch and collate in the calling thread, as a worker would."""
 
@@ -222,26 +252,7 @@ class SingleProcessIter(BaseIter):
         self._recorder.start_epoch(0, [])
 
     def _next_data(self) -> Any:
-        fetcher, progress = self._fetcher, self._progress
         while True:
-            index = self._next_index()
-            pos = self._index_pos
-            try:
-                data = fetcher.fetch(index, pos)
-            except BatchSkipped as exc:  # every sample raised: on to the next batch
-                progress.hand_out(pos, 0)  # its replica moved on; nothing to hand out
-                self._recorder.skip(self._skip_items(0, exc.skipped))
-                continue
-            except StopIteration:
-                if fetcher.skipped:  # an iterable replica that ended after some bad samples
-                    self._recorder.skip(self._skip_items(0, fetcher.skipped))
-                    fetcher.skipped = []
-                raise
-            except Exception:
-                progress.hand_out(pos, 0, made=False)
-                raise
-            progress.hand_out(pos, 0)
-            if fetcher.skipped:
-                self._recorder.skip(self._skip_items(0, fetcher.skipped))
-            self._recorder.main_fetch(fetcher.count)
-            return data
+            data = fetch_here(self, self._fetcher, self._next_index(), self._index_pos)
+            if data is not SKIPPED:
+                return data
