@@ -73,12 +73,23 @@ _BELL_BYTES = 1 << 16  # what one drain reads from a doorbell pipe
 _FENCE = threading.Lock()
 
 
+def _new_fence() -> None:
+    """A forked child's own lock: another thread of the parent may have held the old one
+    at the fork, and nobody in the child would ever release it."""
+    global _FENCE
+    _FENCE = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fence)
+
+
 def fence() -> None:
     """A full memory barrier: an uncontended lock's acquire and release are locked
     instructions (sem_trywait / sem_post), which order every earlier store before every
     later load on x86-64."""
-    _FENCE.acquire()
-    _FENCE.release()
+    lock = _FENCE
+    lock.acquire()
+    lock.release()
 
 
 def _pad(n: int) -> int:

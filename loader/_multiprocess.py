@@ -14,8 +14,8 @@
   ``workers/loop.py`` in each process). This module never touches a process or a socket.
   Batches arrive as zero-copy views on worker slots.
 - Small batches go deeper: when the user left ``prefetch_factor`` to its default (2) and
-  a warm worker makes a batch in under :data:`_DEEP_WORK_S`, the batch's slot size sets
-  the depth per worker to what :data:`_DEEP_BYTES` holds, at most :data:`_DEEP_DEPTH` (a
+  a warm worker makes a batch in under :data:`_DEEP_WORK_S`, the batch's size (the larger
+  of its slot and its header) sets the depth per worker to what :data:`_DEEP_BYTES` holds, at most :data:`_DEEP_DEPTH` (a
   fast batch of a few KiB costs a wake-up of each side per batch at depth 2, and a worker
   that runs dry sleeps; 8 keeps it busy). Slow batches (I/O, heavy transforms) and
   batches of 4 MiB or more keep torch's depth, so in-flight memory grows by at most
@@ -419,7 +419,9 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 #                       queue would only tie more work to each worker
             return
         self._deepen = False
-        depth = min(_DEEP_DEPTH, _DEEP_BYTES // max(result.slot_size, 1))
+        # the larger of the slot and the header (only the local pool deepens: it has both)
+        size = max(result.slot_size, self._pool.last_record_bytes)
+        depth = min(_DEEP_DEPTH, _DEEP_BYTES // max(size, 1))
         if depth <= self._prefetch_factor:
             return
         self._prefetch_factor = depth

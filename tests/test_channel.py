@@ -246,3 +246,29 @@ def test_a_loader_that_sleeps_on_every_batch_never_waits_for_a_timeout():
         worst = max(worst, time.perf_counter() - t)
     assert seen == list(range(3_000))
     assert worst < 0.5, f"one next() took {worst:.3f} s"
+
+
+def test_a_fence_held_by_another_thread_at_fork_does_not_hang_the_child():
+    """A worker forked while some thread of the main process was inside fence(): the
+    child gets a lock of its own (os.register_at_fork), so its first fence returns."""
+    import time
+    channel_mod._FENCE.acquire()  # as another thread would, mid-fence, at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                channel_mod.fence()
+            finally:
+                os._exit(0)
+    finally:
+        channel_mod._FENCE.release()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the child's fence() hung on the lock it inherited")

@@ -214,10 +214,16 @@ class SlowRows(Rows):
         return super().__getitem__(i)
 
 
+class TextRows(Rows):
+    def __getitem__(self, i: int):
+        return "x" * len(self.row), i  # strings ride in the batch's header, not its slot
+
+
 def test_large_or_slow_batches_keep_torchs_depth():
-    """4 MiB batches (8 MiB per worker hold only two), and 2 ms batches (wake-ups are
-    lost in them; a deep queue would only tie work to a worker): torch's depth."""
-    for data in (Rows(30 * 4, 1 << 20), SlowRows(30 * 4, 64)):
+    """4 MiB batches in the slot or in the header (8 MiB per worker hold only two), and
+    2 ms batches (wake-ups are lost in them; a deep queue would only tie work to a
+    worker): torch's depth."""
+    for data in (Rows(30 * 4, 1 << 20), TextRows(30 * 4, 1 << 20), SlowRows(30 * 4, 64)):
         ahead, ids = _drawn_beyond_handed(data, 4)
         assert ahead == 2 * 2 and ids == [list(range(b * 4, b * 4 + 4)) for b in range(30)]
 

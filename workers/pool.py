@@ -73,6 +73,7 @@ _RECONNECT_MS = 2  # the task socket connects before its worker binds: retry thi
 #                    (zmq's default, 100 ms, was most of the time to the first batch)
 _MIN_SLOT_BYTES = 1 << 20  # a slot's smallest size (ipc/arena.py grows in whole MiB)
 _DUMP_WAIT_S = 1.0  # how long a stack dump from a stuck worker is waited for
+SPILLED_BYTES = 1 << 30  # last_record_bytes of a header that took the spill path
 _POLL_MS = 1000  # longest single wait; each wake re-checks the deadline and the workers
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 _ALL_SLOT_FDS: set[int] = set()  # every shared fd of this process, closed in forked children
@@ -119,6 +120,7 @@ class WorkerPool:
         self._zmq = zmq.Context(io_threads=1)
         self._arenas: list[Arena] = []
         self._channels: list[Channel] = []
+        self.last_record_bytes = 0  # the latest result header's size (the iterator's depth)
         self._bells: list[Doorbell] = []  # per worker: wakes it when a task is posted
         self._spilled: list[deque] = []  # per worker: spill-path messages not yet due
         self._issued: list[dict[int, int]] = []  # per worker: slot -> gen last received
@@ -507,6 +509,8 @@ class WorkerPool:
 
     def _deliver(self, worker_id: int, record: tuple) -> tuple[Any, Any] | None:
         tag, payload = record
+        # what the header took, beside the slot: a spilled one (> MAX_RECORD) counts as big
+        self.last_record_bytes = len(payload) if tag == MSG else SPILLED_BYTES
         message = unpack(payload) if tag == MSG else self._spilled_from(worker_id)
         if message is None:
             return None
