@@ -48,11 +48,21 @@ def is_helper(proc: psutil.Process) -> bool:
         return False
     if key not in _helper_cache:
         try:
-            cmdline = " ".join(proc.cmdline())
+            cmdline = proc.cmdline()
         except psutil.Error:
-            cmdline = ""
-        _helper_cache[key] = any(marker in cmdline for marker in _HELPER_MARKERS)
+            return False
+        helper = any(marker in " ".join(cmdline) for marker in _HELPER_MARKERS)
+        if not helper and cmdline == _own_cmdline():
+            return False  # a fork, or a spawn before its exec: ask again next time
+        _helper_cache[key] = helper
     return _helper_cache[key]
+
+
+def _own_cmdline() -> list[str]:
+    try:
+        return psutil.Process().cmdline()
+    except psutil.Error:
+        return []
 
 
 def worker_processes(exclude: frozenset | set = frozenset()) -> list[psutil.Process]:

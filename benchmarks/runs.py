@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from .measure import (MemorySampler, batch_len, cpu_seconds, machine_busy_s,
+from .measure import (MemorySampler, batch_len, cpu_seconds, is_helper, machine_busy_s,
                                 nbytes, worker_processes)
 from .workloads import Workload
 
@@ -80,7 +80,8 @@ class _Run:
             result.setdefault("error", f"shutdown failed: {type(exc).__name__}: {exc}")
         result.update(self.sampler.stop())
         self.loader = self.iterator = None
-        alive = [p for p in self.seen.values() if _alive(p)]
+        # a helper seen before its exec (a spawned resource tracker) is known by now
+        alive = [p for p in self.seen.values() if _alive(p) and not is_helper(p)]
         if alive:  # an abandoned iterator may only stop when collected
             gc.collect()
         deadline = time.monotonic() + _SETTLE_S
