@@ -33,7 +33,7 @@ import numpy as np
 
 from loader.ipc import capacity
 
-__all__ = ["Arena", "INLINE_MAX", "Lease", "SlotWriter", "ShmReserveError"]
+__all__ = ["Arena", "BatchWriter", "INLINE_MAX", "Lease", "SlotWriter", "ShmReserveError"]
 
 INLINE_MAX = 64 * 1024  # bytes: smaller arrays travel inside the pickled header (a copy
 #                        there is cheaper than a slot lease and its release message)
@@ -121,7 +121,56 @@ class Arena:
                 pass
 
 
-class SlotWriter:
+class BatchWriter:
+    """What every batch writer does over its own memory: hands collate its arrays
+    (``alloc``), and tells the codec where an array lies, copying in one that lies
+    elsewhere (``locate``, ``place``). A writer supplies ``_carve(shape, dtype)`` (a new
+    C-contiguous array at the next aligned offset, and that offset), ``offset_of(address,
+    nbytes)`` (the batch offset of memory it holds, or None), ``has_slot`` and a
+    ``_given`` dict of this batch's arrays (id -> (array, offset))."""
+
+    has_slot: bool
+    _given: dict
+
+    def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """An uninitialised array in the batch's memory (on the heap when there is none)."""
+        if not self.has_slot:
+            return np.empty(shape, dtype)
+        array, offset = self._carve(shape, dtype)
+        self._given[id(array)] = (array, offset)  # the array itself keeps the id unique
+        return array
+
+    def locate(self, array: np.ndarray) -> tuple[int, tuple | None]:
+        """(offset, strides) describing ``array`` in the batch; strides is None for a
+        C-contiguous layout. An array that lies elsewhere is first copied in."""
+        given = self._given.get(id(array))
+        if given is not None and given[0] is array:
+            return given[1], None  # handed out by alloc(): C-contiguous at a known offset
+        if array.size == 0:
+            return 0, None  # touches no memory; rebuilt as an empty array
+        start, end = _byte_bounds(array)
+        low = self.offset_of(start, end - start)
+        if low is None:  # lies elsewhere (a custom collate_fn): one copy in
+            dst, offset = self._carve(array.shape, array.dtype)
+            dst[...] = array
+            return offset, None
+        strides = None if array.flags.c_contiguous else array.strides
+        return low + array.__array_interface__["data"][0] - start, strides
+
+    def place(self, raw: memoryview) -> int:
+        """Copy a contiguous buffer that lies elsewhere into the batch; its offset."""
+        dst, offset = self._carve((raw.nbytes,), np.dtype(np.uint8))
+        dst[:] = np.frombuffer(raw, np.uint8)
+        return offset
+
+    def _carve(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    def offset_of(self, address: int, nbytes: int) -> int | None:
+        raise NotImplementedError
+
+
+class SlotWriter(BatchWriter):
     """Worker side: opens the arena's files, and allocates batch arrays inside a slot."""
 
     def __init__(self, fds: list[int]) -> None:
@@ -184,14 +233,6 @@ class SlotWriter:
         view = self._views[slot] = _map(fd, size)
         self._note_map(slot, view)
 
-    def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """An uninitialised array in the current slot (on the heap when there is none)."""
-        if self._slot < 0:
-            return np.empty(shape, dtype)
-        array, offset = self._carve(shape, dtype)
-        self._given[id(array)] = (array, offset)  # the array itself keeps the id unique
-        return array
-
     def _carve(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, int]:
         """A C-contiguous array at the next aligned offset of the slot, and that offset."""
         nbytes = dtype.itemsize
@@ -212,35 +253,11 @@ class SlotWriter:
     def has_slot(self) -> bool:
         return self._slot >= 0
 
-    def locate(self, array: np.ndarray) -> tuple[int, tuple | None]:
-        """(offset, strides) describing ``array`` inside the slot; strides is None for a
-        C-contiguous layout. An array that lies elsewhere is first copied into the slot."""
-        given = self._given.get(id(array))
-        if given is not None and given[0] is array:
-            return given[1], None  # handed out by alloc(): C-contiguous at a known offset
-        if array.size == 0:
-            return 0, None  # touches no memory; rebuilt as an empty array
-        start, end = _byte_bounds(array)
-        base = self._base_of(start, end - start)
-        if base is None:  # lies elsewhere (a custom collate_fn): one copy into the slot
-            dst, offset = self._carve(array.shape, array.dtype)
-            dst[...] = array
-            return offset, None
-        data = array.__array_interface__["data"][0]
-        strides = None if array.flags.c_contiguous else array.strides
-        return data - base, strides
-
     def _base_of(self, address: int, nbytes: int) -> int | None:
         for base, size in self._maps:
             if base <= address and address + nbytes <= base + size:
                 return base
         return None
-
-    def place(self, raw: memoryview) -> int:
-        """Copy a contiguous buffer that lies elsewhere into the slot; its offset."""
-        dst, offset = self._carve((raw.nbytes,), np.dtype(np.uint8))
-        dst[:] = np.frombuffer(raw, np.uint8)
-        return offset
 
     def close(self) -> None:
         self._views = [None] * len(self._fds)

@@ -9,9 +9,10 @@ themselves (Ray copies a task's return value into its object store).
          codec.decode builds the batch's arrays as views of it
 ```
 
-- Same interface as ``ipc/arena.py``'s SlotWriter (``begin``, ``alloc``, ``locate``,
-  ``offset_of``, ``place``, ``has_slot``, ``end``), so ``ipc/codec.py`` and collate work
-  unchanged and a batch has the same layout on every engine.
+- A ``BatchWriter`` like ``ipc/arena.py``'s SlotWriter (``begin``, ``offset_of``,
+  ``has_slot``, ``end`` here; ``alloc``, ``locate``, ``place`` from the base), so
+  ``ipc/codec.py`` and collate work unchanged and a batch has the same layout on every
+  engine.
 - The buffer is reused batch after batch (no page faults once warm), so the array
   ``end()`` returns is valid only until the next ``begin()``: the engine must have copied
   it by then (Ray does, while the task returns).
@@ -24,12 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from loader.ipc.arena import _ALIGN, _GROW_QUANTUM, _byte_bounds, _round_up
+from loader.ipc.arena import _ALIGN, _GROW_QUANTUM, BatchWriter, _round_up
 
 __all__ = ["HeapWriter"]
 
 
-class HeapWriter:
+class HeapWriter(BatchWriter):
     """Carves a batch's arrays out of process-local memory; see the module docstring."""
 
     has_slot = True  # there is always room: the codec never falls back to in-band
@@ -45,12 +46,6 @@ class HeapWriter:
         self._segments = [(self._buffer, 0)]
         self._offset = 0
         self._given = {}
-
-    def alloc(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """An uninitialised C-contiguous array in the batch's buffer."""
-        array, offset = self._carve(shape, dtype)
-        self._given[id(array)] = (array, offset)  # the array itself keeps the id unique
-        return array
 
     def _carve(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, int]:
         nbytes = dtype.itemsize
@@ -68,39 +63,13 @@ class HeapWriter:
         view = np.ndarray(shape, dtype, buffer=memory, offset=offset - start)
         return view, offset
 
-    def _offset_in(self, address: int, nbytes: int) -> int | None:
+    def offset_of(self, address: int, nbytes: int) -> int | None:
+        """The batch offset of memory at ``address``, or None if it lies elsewhere."""
         for memory, start in self._segments:
             base = memory.__array_interface__["data"][0]
             if base <= address and address + nbytes <= base + memory.size:
                 return start + address - base
         return None
-
-    def offset_of(self, address: int, nbytes: int) -> int | None:
-        """The batch offset of memory at ``address``, or None if it lies elsewhere."""
-        return self._offset_in(address, nbytes)
-
-    def locate(self, array: np.ndarray) -> tuple[int, tuple | None]:
-        """(offset, strides) of ``array`` in the batch (strides None: C-contiguous); an
-        array that lies elsewhere is copied in first."""
-        given = self._given.get(id(array))
-        if given is not None and given[0] is array:
-            return given[1], None
-        if array.size == 0:
-            return 0, None
-        low, high = _byte_bounds(array)
-        base = self._offset_in(low, high - low)
-        if base is None:
-            dst, offset = self._carve(array.shape, array.dtype)
-            dst[...] = array
-            return offset, None
-        offset = base + array.__array_interface__["data"][0] - low
-        return offset, (None if array.flags.c_contiguous else array.strides)
-
-    def place(self, raw: memoryview) -> int:
-        """Copy a contiguous buffer that lies elsewhere into the batch; its offset."""
-        dst, offset = self._carve((raw.nbytes,), np.dtype(np.uint8))
-        dst[:] = np.frombuffer(raw, np.uint8)
-        return offset
 
     def end(self) -> np.ndarray | None:
         """The batch's bytes as one array (None when it used none); valid until the next

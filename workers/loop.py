@@ -17,8 +17,9 @@
   With ``on_error="skip"`` samples that raise are left out and listed in a ``BatchNote``
   sent just before the reply (an ``EmptyBatch`` when none was left); with restarts on, a
   Stateful replica's position rides in the same note.
-- Per batch the worker pays one task record read, one result record write and one
-  doorbell ``write``; it sleeps in ``poll`` only when its task ring is empty.
+- Per batch the worker pays one task record read and one result record write, plus a
+  doorbell ``write`` only while the main process has said it may sleep; it sleeps in
+  ``poll`` only when its task ring is empty.
 - A user's ``collate_fn`` runs with numpy's stack and concatenate landing in the slot
   (``workers/landing.py``); the defaults allocate there already.
 - A replacement worker (``WorkerPool.restart``) is this same loop started with the dead

@@ -433,19 +433,17 @@ class WorkerPool:
             if self._start_one():
                 continue  # the main process had nothing better to do than fork
             rung = self._results_bell.drain()  # stale rings out, then one last look
-            if not STRONG_ORDER:
+            if STRONG_ORDER:  # asking to be rung first (channel.py)
+                got = self._asleep_unless_ready(prefer)
+            else:
                 self._credit(rung)
-            got = self._take(prefer)
+                got = self._take(prefer)
             if got is not None:
                 return got
             if deadline is None and timeout_s is not None:
                 deadline = time.monotonic() + timeout_s
             wait_ms = _POLL_MS if deadline is None else \
                 max(0, min(_POLL_MS, int((deadline - time.monotonic()) * 1000)))
-            if STRONG_ORDER:  # ask to be rung, then one last look (channel.py)
-                got = self._asleep_unless_ready(prefer)
-                if got is not None:
-                    return got
             blocked = time.perf_counter()
             try:
                 events = dict(self._poller.poll(wait_ms))
