@@ -32,7 +32,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from loader.errors import DataLoaderTimeoutError, StallWarning, WorkerError, exit_reason
+from loader.errors import (DataLoaderTimeoutError, StallWarning, WorkerError, exit_reason,
+                           shown)
 from loader.ipc.messages import EmptyBatch, IterEnd, Result
 
 __all__ = ["Death", "Healer", "HealingMixin", "StallWatch", "annotate_stacks", "shown"]
@@ -40,14 +41,8 @@ __all__ = ["Death", "Healer", "HealingMixin", "StallWatch", "annotate_stacks", "
 _STALL_STACKLEVEL = 6  # warnings.warn -> _warn_stall -> _get_data -> _next_outcome ->
 #                        _next_data -> __next__ -> the user's loop
 
-_MAX_INDEX_TEXT = 200  # characters of a batch's indices shown in a message
 _WORKER_ENTRY = "worker_main"  # workers/loop.py's entry point: the bottom frame worth showing
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-
-
-def shown(indices: Any) -> str:
-    text = repr(indices)
-    return text if len(text) <= _MAX_INDEX_TEXT else text[:_MAX_INDEX_TEXT] + "...]"
 
 
 def annotate_stacks(dump: str) -> str:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from loader._rng_state import capture_generator, capture_torch_global, restore_generator
+from loader._rng_state import (_is_torch_generator, capture_generator, capture_torch_global,
+                               restore_generator)
 
 __all__ = ["SeedSource", "as_source", "draw_seed", "torch_view"]
 
@@ -36,11 +37,6 @@ _SEED_MASK = (1 << 64) - 1  # torch.Generator.manual_seed takes 64 bits
 
 # torch.Generator shown in place of an int / numpy generator -> the source it stands for
 _STAND_INS: "weakref.WeakKeyDictionary[Any, SeedSource]" = weakref.WeakKeyDictionary()
-
-
-def _is_torch_generator(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Generator)
 
 
 def _draw_global_seed() -> int:

@@ -87,7 +87,6 @@ class AutoTuner:
                        if not resizable else "measuring")
         self.start = self.current = start
         self._window: tuple | None = None
-        self._opened = 0.0  # when the current window began
         self._seen = 0  # batches since the window opened (or since a mark was last due)
         self._due = 0  # batches the current window needs before its time is checked
         self._skip = 0  # batches to let pass before measuring (new workers warming up)
@@ -125,10 +124,9 @@ class AutoTuner:
                 return
             self._window = self._mark(it, now)
             self._seen, self._due = 0, max(4, n) if first else max(8, 2 * n)
-            self._opened = now
             return
         first = self._previous is None and not self.history
-        if now - self._opened < (_FIRST_WINDOW_S if first else _WINDOW_S):
+        if now - self._window[0] < (_FIRST_WINDOW_S if first else _WINDOW_S):  # [0]: opened
             return
         mark = self._mark(it, now)
         t0, b0, s0, w0, m0, u0, busy0, cpu0, wb0, tree0, queued0 = self._window

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import pickle
 import signal
+from typing import Any
 
 __all__ = ["DataLoaderTimeoutError", "KeyErrorMessage", "StallWarning", "WorkerError",
            "describe_exit", "exit_reason", "rebuild_exception"]
 
-_MAX_INDEX_TEXT = 200  # characters of the failing batch's indices shown in a message
+_MAX_INDEX_TEXT = 200  # characters of a batch's indices shown in a message
+
+
+def shown(indices: Any) -> str:
+    """A batch's indices for a message, cut to :data:`_MAX_INDEX_TEXT` characters."""
+    text = repr(indices)
+    return text if len(text) <= _MAX_INDEX_TEXT else text[:_MAX_INDEX_TEXT] + "...]"
 
 
 class WorkerError(RuntimeError):
@@ -100,10 +107,7 @@ def rebuild_exception(exc_type_bytes: bytes | None, type_name: str, worker_id: i
         exc_type = RuntimeError
     where = f"Caught {type_name} in DataLoader worker process {worker_id}."
     if indices is not None:
-        shown = repr(indices)
-        if len(shown) > _MAX_INDEX_TEXT:
-            shown = shown[:_MAX_INDEX_TEXT] + "...]"
-        where += f"\nWhile fetching indices {shown}."
+        where += f"\nWhile fetching indices {shown(indices)}."
     msg = f"{where}\nOriginal {text}"
     if exc_type is KeyError:
         msg = KeyErrorMessage(msg)

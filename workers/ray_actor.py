@@ -107,10 +107,7 @@ class LoaderWorker:
         size = 0 if buffer is None else buffer.nbytes
         wid = self.spec.worker_id
         totals = self.totals.add(out.timing)
-        if out.kind == codec.LAYOUT:
-            head = Result(epoch, batch_id, wid, 0, size, 0, out.kind, out.spans, totals,
-                          out.payload, out.entry)
-            return note, pack(head), None, buffer
-        head = Result(epoch, batch_id, wid, 0, size, 0, out.kind, out.spans, totals, None,
-                      out.entry)
-        return note, pack(head), out.payload, buffer
+        inline = out.kind == codec.LAYOUT  # a layout rides in the head; a pickle beside it
+        head = Result(epoch, batch_id, wid, 0, size, 0, out.kind, out.spans, totals,
+                      out.payload if inline else None, out.entry)
+        return note, pack(head), None if inline else out.payload, buffer

@@ -225,7 +225,7 @@ class RayPool:
         :meth:`receive` reports its death as any other."""
         try:
             ray.kill(self._actors[worker_id], no_restart=True)
-        except Exception:  # already gone
+        except Exception:  # already gone, or Ray is shutting down
             pass
 
     def in_hand(self, worker_id: int) -> tuple[int, int] | None:
@@ -239,13 +239,11 @@ class RayPool:
         self._kill(worker_id)
 
     def _kill(self, worker_id: int) -> None:
+        """End a worker on purpose: its exit counts as a clean one."""
         proc = self._procs[worker_id]
         if proc.exitcode is None:
             proc.exitcode = 0
-        try:
-            ray.kill(self._actors[worker_id], no_restart=True)
-        except Exception:  # already gone, or Ray is shutting down
-            pass
+        self.kill(worker_id)
 
     def _drop_tasks(self, worker_id: int, before_epoch: int | None = None) -> None:
         kept = deque()

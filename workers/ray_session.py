@@ -25,18 +25,13 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["join", "leave", "owned"]
+__all__ = ["join", "leave"]
 
 _lock = threading.Lock()
 _owned = False  # whether the live Ray session is one we started
 _holders: dict[int, weakref.finalize] = {}  # id(loader) -> its finalizer
 _exit_hooks: list = []  # run at interpreter exit before the session ends (ray_pool's)
 _atexit_registered = False
-
-
-def owned() -> bool:
-    """Whether the current Ray session was started by a loader."""
-    return _owned
 
 
 def join(holders: list, settings: Any) -> None:
