@@ -205,6 +205,11 @@ class SlotWriter(BatchWriter):
         self._maps = [span] if span is not None else []
         self._given = {}
 
+    @property
+    def used(self) -> int:
+        """Bytes of the slot the current batch has filled so far."""
+        return self._offset
+
     def end(self) -> int:
         """Finish the batch; returns the slot's size, which the main process must map."""
         self._maps = []

@@ -60,6 +60,7 @@ class Result(NamedTuple):
     timing: tuple
     payload: Any
     state: Any = None  # the replica's resume entry after this batch, when one was taken
+    used: int = 0  # bytes of the slot this batch filled (slot_size is what is mapped)
 
 
 class Failure(NamedTuple):

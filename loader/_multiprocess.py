@@ -15,11 +15,15 @@
   Batches arrive as zero-copy views on worker slots.
 - Small batches go deeper: when the user left ``prefetch_factor`` to its default (2) and
   a warm worker makes a batch in under :data:`_DEEP_WORK_S`, the batch's size (the larger
-  of its slot and its header) sets the depth per worker to what :data:`_DEEP_BYTES` holds, at most :data:`_DEEP_DEPTH` (a
-  fast batch of a few KiB costs a wake-up of each side per batch at depth 2, and a worker
-  that runs dry sleeps; 8 keeps it busy). Slow batches (I/O, heavy transforms) and
-  batches of 4 MiB or more keep torch's depth, so in-flight memory grows by at most
-  ``_DEEP_BYTES`` per worker. The ``prefetch_factor`` attribute stays what torch reports.
+  of the bytes it filled in its slot and its header) sets the depth per worker to what
+  :data:`_DEEP_BYTES` holds, at most :data:`_DEEP_DEPTH` (a fast batch of a few KiB
+  costs a wake-up of each side per batch at depth 2, and a worker that runs dry sleeps).
+  Batches of a few KiB go to :data:`_DEEP_INBAND_DEPTH`, as many as a quarter of the
+  result ring holds (those a worker makes beyond its slots travel whole in their
+  headers): at 8, a worker still ran dry whenever the main process lost its core for a
+  time slice. Slow batches (I/O, heavy transforms) and batches of 4 MiB or more keep
+  torch's depth, so in-flight memory grows by at most ``_DEEP_BYTES`` per worker. The
+  ``prefetch_factor`` attribute stays what torch reports.
 - Self-healing (``loader/_healing.py``): a ``next()`` that waits ``stall_warning_s``
   warns with the stuck worker's stacks; with ``worker_restarts`` a dead worker (or one
   stuck past ``timeout``, killed) is replaced and the tasks it owed are submitted again, in
@@ -40,6 +44,7 @@ from typing import Any
 
 from loader._healing import Healer, HealingMixin, StallWatch, shown
 from loader.errors import WorkerError, rebuild_exception
+from loader.ipc.channel import RING_BYTES
 from loader.ipc.messages import BatchNote, EmptyBatch, Failure, IterEnd, Result
 from loader.iterators import SKIPPED, BaseIter, fetch_here
 from loader.workers import freeze
@@ -55,6 +60,8 @@ _DEEP_DEPTH = 8  # in-flight batches per worker for small batches (prefetch_fact
 _DEEP_BYTES = 8 << 20  # ... holding at most this many bytes per worker
 _DEEP_WORK_S = 1e-3  # ... and only while a batch takes less than this to fetch and collate
 _DEEP_PROBE = 8  # batches of one worker after which a slow dataset keeps torch's depth
+_DEEP_INBAND_DEPTH = 32  # ... and for batches so small that this many fit in
+_DEEP_INBAND_BYTES = RING_BYTES // 4  # ... this much of the result ring (beyond the slots)
 _THREAD_LIMIT = 1  # BLAS/OpenMP threads per worker unless the user set the variables
 _EMPTY = object()  # the outcome of a batch whose every sample was skipped
 
@@ -420,8 +427,11 @@ class MultiProcessIter(HealingMixin, BaseIter):
             return
         self._deepen = False
         # the larger of the slot and the header (only the local pool deepens: it has both)
-        size = max(result.slot_size, self._pool.last_record_bytes)
-        depth = min(_DEEP_DEPTH, _DEEP_BYTES // max(size, 1))
+        size = max(result.used if result.slot_size else 0, self._pool.last_record_bytes, 1)
+        depth = min(_DEEP_DEPTH, _DEEP_BYTES // size)  # in the worker's slots
+        # deeper still for batches so small that the ones a worker makes beyond its slots
+        # (written whole into their headers) fit a quarter of its result ring
+        depth = max(depth, min(_DEEP_INBAND_DEPTH, _DEEP_INBAND_BYTES // size))
         if depth <= self._prefetch_factor:
             return
         self._prefetch_factor = depth

@@ -136,7 +136,9 @@ class Alone:  # spawn: what a worker runs must not need this script's globals
     def __len__(self): return 40
     def __getitem__(self, i):
         import os
+        import time
         import numpy as np
+        time.sleep(0.002)  # slow batches keep torch's depth: the killed worker owes some
         from loader import get_worker_info
         info = get_worker_info()
         return np.array([i, info.id, info.seed % 1000, int(os.environ["TEST_OFFSET"])])

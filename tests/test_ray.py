@@ -486,9 +486,17 @@ def test_close_kills_our_actors_and_only_ours(ray_cluster):
     assert len(RayCluster.live_actors()) == 3
     dl.close()
     dl.close()  # idempotent
+    # ray.kill is asynchronous: a call sent just after it may still be answered, so each
+    # actor gets _DIE_WITHIN_S to stop answering
+    deadline = time.monotonic() + _DIE_WITHIN_S
     for handle in handles:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(handle.where.remote(), timeout=_DIE_WITHIN_S)
+        while True:
+            try:
+                ray.get(handle.where.remote(), timeout=_DIE_WITHIN_S)
+            except ray.exceptions.RayActorError:
+                break
+            assert time.monotonic() < deadline, "an actor still answers after close()"
+            time.sleep(0.05)
     assert ray.get(user_actor.ping.remote(), timeout=_DIE_WITHIN_S) == "pong"
     assert ray.is_initialized()  # the user's session is left running
     ray.kill(user_actor)

@@ -87,7 +87,7 @@ def test_round_trip_stateful_sampler(num_workers, persistent, every):
 
 
 def test_stateful_sampler_snapshot_is_taken_where_batches_were_handed_out():
-    sampler = CountingSampler(100)
+    sampler = CountingSampler(1000)  # not drawn to its end by the deepest prefetch
     dl = _loader(num_workers=2, batch_size=5, sampler=sampler)
     it = iter(dl)
     for _ in range(3):

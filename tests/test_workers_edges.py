@@ -196,16 +196,33 @@ def _drawn_beyond_handed(dataset, batch_size: int, **kwargs) -> tuple[int, list]
 
 
 def test_small_fast_batches_go_deeper_only_when_prefetch_factor_was_left_to_its_default():
-    """A few-KiB batch made in microseconds: 8 in flight per worker once a warm worker
-    has made one; prefetch_factor=2 given: torch's 2 per worker, exactly; the batches are
-    the same either way."""
-    data = Rows(60 * 4, 64)
-    expected = [list(range(b * 4, b * 4 + 4)) for b in range(60)]
-    ahead, ids = _drawn_beyond_handed(data, 4)
-    assert ahead == 2 * 8 and ids == expected
-    ahead, ids = _drawn_beyond_handed(data, 4, prefetch_factor=2)
-    assert ahead == 2 * 2 and ids == expected
+    """Batches made in microseconds, once a warm worker has made one: a few hundred bytes,
+    32 in flight per worker (more than its slots: the rest ride in their headers); 32 KiB,
+    8 (a quarter of the result ring would hold only 3); prefetch_factor=2 given: torch's 2
+    per worker, exactly. The batches are the same every time."""
+    for row, depth in ((64, 32), (8 << 10, 8)):
+        data = Rows(120 * 4, row)
+        expected = [list(range(b * 4, b * 4 + 4)) for b in range(120)]
+        ahead, ids = _drawn_beyond_handed(data, 4)
+        assert (ahead, ids) == (2 * depth, expected), row
+        ahead, ids = _drawn_beyond_handed(data, 4, prefetch_factor=2)
+        assert (ahead, ids) == (2 * 2, expected), row
     assert DataLoader(data, num_workers=2).prefetch_factor == 2  # what torch reports
+
+
+class MarkedRows(Rows):
+    def __getitem__(self, i: int):
+        return np.full(len(self.row), i % 251, np.uint8), i
+
+
+def test_deep_small_batches_held_beyond_the_slots_stay_intact():
+    """32 batches in flight per worker and only 10 slots each: with every batch held,
+    the later ones travel in their headers, and none is overwritten."""
+    data = MarkedRows(200 * 4, 64)
+    held = list(DataLoader(data, batch_size=4, num_workers=2, output="numpy"))
+    assert [b[1].tolist() for b in held] == [list(range(k * 4, k * 4 + 4)) for k in range(200)]
+    for rows, ids in held:
+        assert (rows == (ids % 251).astype(np.uint8)[:, None]).all()
 
 
 class SlowRows(Rows):

@@ -254,6 +254,7 @@ class _Worker:
         writer = self.writer
         writer.begin(slot)
         note, out = fetch_and_encode(state, writer, task.epoch, task.batch_id, task.indices)
+        used = writer.used
         size = writer.end()
         if note is not None:
             self.send(note)
@@ -268,7 +269,7 @@ class _Worker:
             gen = self.published[slot]
         self.send(Result(task.epoch, task.batch_id, self.spec.worker_id, slot, size, gen,
                          out.kind, out.spans, self.totals.add(out.timing), out.payload,
-                         out.entry))
+                         out.entry, used))
 
     def close(self) -> None:
         self.out.close(linger=1000)
