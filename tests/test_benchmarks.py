@@ -174,3 +174,15 @@ def test_state_dict_probe(tmp_path):
     _, plain = _bench(tmp_path, "--workloads", "tiny", "--loaders", "ours,ours-state",
                       "--workers", "0")
     assert {r["loader"] for r in plain["rows"]} == {"ours"}  # probes run where asked
+
+
+def test_floor_runs_and_checks_its_batches():
+    """``python -m benchmarks.floor``: both paths run, and the bare path's last batch is
+    compared with the one a single process makes (a wrong view fails the run)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.floor", "--reps", "1",
+                           "--seconds", "0.2"], cwd=_ROOT, env=env, capture_output=True,
+                          text=True, timeout=_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "bare two-worker path" in proc.stdout and "two / one:" in proc.stdout
