@@ -426,7 +426,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
                 #                       queue would only tie more work to each worker
             return
         self._deepen = False
-        # the larger of the slot and the header (only the local pool deepens: it has both)
+        # the larger of the bytes filled in the slot and the header (only the local pool
+        # deepens: it has both)
         size = max(result.used if result.slot_size else 0, self._pool.last_record_bytes, 1)
         depth = min(_DEEP_DEPTH, _DEEP_BYTES // size)  # in the worker's slots
         # deeper still for batches so small that the ones a worker makes beyond its slots
