@@ -16,6 +16,7 @@ import contextlib
 import os
 import time
 
+import numpy as np
 import psutil
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -102,3 +103,18 @@ class RayCluster:
                 break
             time.sleep(0.05)
         assert not alive, f"loader actors outlived the test: {alive}"
+
+
+def tree(obj):
+    """A batch as plain Python: arrays become (dtype, shape, bytes), tensors too."""
+    if hasattr(obj, "numpy") and not isinstance(obj, np.ndarray):
+        obj = obj.numpy()
+    if isinstance(obj, np.ndarray):
+        return (obj.dtype.str, obj.shape, obj.tobytes())
+    if isinstance(obj, dict):
+        return {k: tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree(x) for x in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -28,7 +28,7 @@ from loader.ipc.arena import Lease
 
 import ray_datasets as rd
 from helpers import frozen_heap  # noqa: F401 (autouse fixture)
-from ray_helpers import RayCluster, with_tests_on_worker_path
+from ray_helpers import RayCluster, tree, with_tests_on_worker_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
@@ -47,21 +47,6 @@ def ray_cluster():
         yield cluster
     finally:
         ray.shutdown()
-
-
-def tree(obj):
-    """A batch as plain Python: arrays become (dtype, shape, bytes), tensors too."""
-    if hasattr(obj, "numpy") and not isinstance(obj, np.ndarray):
-        obj = obj.numpy()
-    if isinstance(obj, np.ndarray):
-        return (obj.dtype.str, obj.shape, obj.tobytes())
-    if isinstance(obj, dict):
-        return {k: tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(tree(x) for x in obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def epochs(dl, n=1):

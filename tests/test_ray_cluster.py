@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -20,7 +19,7 @@ from loader import DataLoader, RayBackend, WorkerError
 
 import ray_datasets as rd
 from helpers import frozen_heap, wait_gone  # noqa: F401 (frozen_heap: autouse fixture)
-from ray_helpers import RayCluster, with_tests_on_worker_path
+from ray_helpers import RayCluster, tree, with_tests_on_worker_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
@@ -53,16 +52,6 @@ def ray_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def tree(obj):
-    if isinstance(obj, np.ndarray):
-        return (obj.dtype.str, obj.shape, obj.tobytes())
-    if isinstance(obj, dict):
-        return {k: tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(tree(x) for x in obj)
-    return obj
 
 
 def test_actors_on_worker_nodes_give_the_local_batches(ray_cluster):
