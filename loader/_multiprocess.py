@@ -300,6 +300,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
                     return self._fetch_locally()
                 if not self._persistent:
                     self._shutdown()
+                elif self._heal.restarts:
+                    self._heal_at_epoch_end()
                 raise StopIteration
 
             info = self._task_info[self._rcvd_idx]
@@ -344,6 +346,22 @@ class MultiProcessIter(HealingMixin, BaseIter):
             del self._task_info[idx]
             self._rcvd_idx += 1
             return self._process(outcome, message.worker_id, idx, entry)
+
+    def _heal_at_epoch_end(self) -> None:
+        """Persistent workers: a worker that died this epoch after its last batch (deep
+        prefetch lets a fast worker finish early) is replaced now, on this epoch's restart
+        budget, not on the next one's. Only deaths already visible count; one that comes
+        later, or with the budget spent, is the next epoch's, as between epochs."""
+        while self._heal.can_restart():
+            try:
+                message, _ = self._pool.receive(0)
+            except TimeoutError:
+                return
+            except WorkerError as exc:
+                self._on_death(exc)  # nothing of this epoch is owed: a bare replacement
+                continue
+            # every reply of this epoch was received: what comes is an abandoned epoch's
+            assert message.epoch != self._epoch, message
 
     def _process(self, data: Any, worker_id: int, batch_id: int, entry: Any = None) -> Any:
         self._workers_num_tasks[worker_id] -= 1

@@ -268,6 +268,46 @@ loader.close()
     assert_gone(result["pids"])
 
 
+def test_persistent_worker_dying_after_its_last_batch_is_replaced_in_its_own_epoch():
+    """Worker 0 dies once it has made its last batch of epoch 0 (as a fast worker far
+    ahead of the main process may): the replacement is epoch 0's restart, so epoch 1 still
+    has its own for the mid-epoch death of worker 1."""
+    proc, reports = run_child("""
+def dead(pid):  # waitable (a zombie's other threads may still be exiting), or reaped
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+loader = DataLoader(np.arange(40), batch_size=2, num_workers=2, persistent_workers=True,
+                    worker_restarts=1, prefetch_factor=2)
+epochs, restarts, errors, pids = [], [], [], set()
+for epoch, (victim_id, after) in enumerate([(0, 19), (1, 2)]):  # 19: batch 18, worker 0's last
+    seen, it = [], iter(loader)
+    try:
+        for n, batch in enumerate(it, 1):
+            seen += batch.tolist()
+            pids.update(it.worker_pids)
+            if n == after:
+                victim = it.worker_pids[victim_id]
+                os.kill(victim, signal.SIGKILL)
+                while epoch == 0 and not dead(victim):
+                    time.sleep(0.01)
+    except Exception as exc:
+        errors.append(str(exc))
+    epochs.append(seen)
+    restarts.append(loader.stats().restarts)
+    pids.update(it.worker_pids)
+loader.close()
+report(epochs=epochs, restarts=restarts, errors=errors, pids=sorted(pids))
+""", limit=LIMIT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = reports
+    assert not result["errors"], result["errors"]
+    assert result["epochs"] == [list(range(40))] * 2
+    assert result["restarts"] == [1, 1]
+    assert_gone(result["pids"])
+
+
 def test_two_deaths_in_one_epoch_with_one_restart_is_an_error_naming_both():
     result = drive("", "DataLoader(DS(hook=lambda i: (i == 9 and once('sigkill')) or "
                        "(i == 31 and fault('sigkill'))), batch_size=2, num_workers=2, "
