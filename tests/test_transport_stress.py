@@ -55,10 +55,11 @@ def intact(sample) -> bool:
 def run_trial(seed: int) -> None:
     rng = random.Random(seed)
     n = rng.randint(50, 300)
+    depth = rng.choice([1, 2, 4, None])  # None: the default, which deepens for small batches
     dl = DataLoader(Mixed(n), batch_size=rng.choice([1, 3, 7, 16]),
                     num_workers=rng.choice([1, 2, 3, 5]), collate_fn=keep_samples,
-                    in_order=rng.random() < 0.6, prefetch_factor=rng.choice([1, 2, 4]),
-                    persistent_workers=rng.random() < 0.5, output="numpy")
+                    in_order=rng.random() < 0.6, persistent_workers=rng.random() < 0.5,
+                    output="numpy", **({} if depth is None else {"prefetch_factor": depth}))
     for epoch in range(3):
         held, order = [], []
         for k, batch in enumerate(dl):
@@ -77,12 +78,15 @@ def run_trial(seed: int) -> None:
         dl.close()
 
 
-@pytest.mark.parametrize("seed", range(4))
+FAST_SEEDS = (0, 1, 2, 3, 17)  # 17: the default depth, which goes to 8 and then 32
+
+
+@pytest.mark.parametrize("seed", FAST_SEEDS)
 def test_random_transport_trials(seed):
     run_trial(seed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(4, 40))
+@pytest.mark.parametrize("seed", [s for s in range(40) if s not in FAST_SEEDS])
 def test_random_transport_trials_soak(seed):
     run_trial(seed)
