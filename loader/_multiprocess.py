@@ -97,6 +97,8 @@ class MultiProcessIter(HealingMixin, BaseIter):
         self._deep_probe: dict[int, tuple] = {}  # worker -> its latest (batches, work_s)
         self._in_order = loader.in_order
         self._persistent = loader.persistent_workers
+        # a local worker's death shows without a call pending (its sentinel); Ray's does not
+        self._heal_at_end = kind == "local" and self._persistent and loader.worker_restarts
         self._epoch = 0
         self._retired: set[int] = set()  # workers stopped by "auto" shrinking
         self._draining: set[int] = set()  # workers finishing their tasks before retiring
@@ -300,7 +302,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
                     return self._fetch_locally()
                 if not self._persistent:
                     self._shutdown()
-                elif self._heal.restarts:
+                elif self._heal_at_end:
                     self._heal_at_epoch_end()
                 raise StopIteration
 
@@ -351,7 +353,9 @@ class MultiProcessIter(HealingMixin, BaseIter):
         """Persistent workers: a worker that died this epoch after its last batch (deep
         prefetch lets a fast worker finish early) is replaced now, on this epoch's restart
         budget, not on the next one's. Only deaths already visible count; one that comes
-        later, or with the budget spent, is the next epoch's, as between epochs."""
+        later, or with the budget spent, is the next epoch's, as between epochs. (Local
+        workers only: a Ray actor's death shows only through a call it owes, and a poll
+        there would wait for actors still being placed.)"""
         while self._heal.can_restart():
             try:
                 message, _ = self._pool.receive(0)
