@@ -521,6 +521,7 @@ class MultiProcessIter(HealingMixin, BaseIter):
     def _shutdown(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
+            self._recorder.sample_sched()  # the workers' schedstat goes with them
             pool.shutdown()
             self._started_processes = pool.exited
         freeze.release(self)

@@ -13,7 +13,8 @@
 - :meth:`Recorder.snapshot` returns :class:`LoaderStats`: batches and samples delivered,
   the main process's time waiting for data, its own overhead, the consumer's time between
   ``next()`` calls, per-worker busy time split into fetch / collate / encode (transfer),
-  queue depths, CPU% and RSS per worker, and a one-line ``summary`` of the limiter.
+  queue depths, CPU% and RSS per worker, the workers' time waiting for a free core (read
+  from ``/proc`` when asked), and a one-line ``summary`` of the limiter.
 - Self-healing counts (``loader/_healing.py``): worker restarts, stall warnings, and the
   samples ``on_error="skip"`` left out, each as (index, exception type name, message).
 """
@@ -28,6 +29,8 @@ __all__ = ["EpochStats", "LoaderStats", "Recorder", "WorkerStats", "run_queue_s"
 
 _CONSUMER_BOUND = 0.10  # main waits less than this share of a batch's cycle: consumer-bound
 _BUSY = 0.80  # workers busier than this share of the time are the limiter
+_CPU_WAIT = 0.15  # workers runnable but off a core this share of the time: CPU-bound, ...
+_CPU_IDLE = 0.50  # ... unless they sleep (neither run nor wait to run) this much of it
 _TOTAL_SKIPPED_KEPT = 10_000  # skipped samples listed in the all-epochs figures (the count
 #                               stays exact): a bad dataset would otherwise grow it forever
 
@@ -69,6 +72,8 @@ class EpochStats:
     stalls: int = 0  # StallWarnings given (stall_warning_s)
     skips: int = 0  # samples left out (on_error="skip")
     skipped: list = field(default_factory=list)  # (index, exception type name, message)
+    cpu_run_s: float = 0.0  # workers' time on a core, summed (Linux schedstat; 0 elsewhere)
+    cpu_wait_s: float = 0.0  # workers' time runnable but waiting for a core (the same)
 
     @property
     def samples_per_s(self) -> float:
@@ -106,6 +111,13 @@ class EpochStats:
             return "consumer", (f"batches are ready before they are asked for: your loop "
                                 f"takes {consumer:.2f} ms per batch, the main process waits "
                                 f"{wait:.2f} ms; more workers will not help")
+        span = len(self.workers) * self.elapsed_s
+        queued = self.cpu_wait_s / span if span > 0 else 0.0
+        asleep = 1.0 - (self.cpu_run_s + self.cpu_wait_s) / span if span > 0 else 1.0
+        if queued >= _CPU_WAIT and asleep < _CPU_IDLE:  # they want a core, not data
+            return "CPU", (f"the workers spend {queued:.0%} of the time waiting for a free "
+                           "core: every core is in use, so more workers will not help (fewer, "
+                           "or cheaper samples, may)")
         if busy >= _BUSY:
             return "workers", (f"the main process waits {wait:.2f} ms per batch while the "
                                f"{num_workers} workers are busy {busy:.0%} of the time: more "
@@ -186,6 +198,9 @@ class Recorder:
         self.autotune: dict[str, Any] | None = None
         self.epochs = 0  # epochs started
         self._total_skipped: list = []  # the skipped samples listed in the totals (capped)
+        self._sched_base: dict[int, tuple] = {}  # pid -> (on a core, queued) s at epoch start
+        self._sched_last: dict[int, tuple] = {}  # pid -> the same, as last read this epoch
+        self._sched_closed = (0.0, 0.0)  # the workers' figures in the epochs before
 
     def start_epoch(self, num_workers: int, pids: list) -> None:
         self.epochs += 1
@@ -197,6 +212,9 @@ class Recorder:
         self._grow(num_workers)
         self._base = [self._running(k) for k in range(len(self._latest))]
         self.pids = pids  # the pool's own list: workers started later show up in it
+        self._sched_closed = _add(self._sched_closed, self._sched_epoch())
+        self._sched_base = {pid: sched_s(pid) for pid in pids if pid is not None}
+        self._sched_last = dict(self._sched_base)
         self._started = None
         self._left_next = None
 
@@ -260,6 +278,22 @@ class Recorder:
         """num_workers=0: the main process fetched and collated ``samples``."""
         self._main_samples[0] += samples
 
+    def sample_sched(self) -> None:
+        """Read the workers' scheduler times (Linux schedstat) while they are alive: before
+        they stop, and whenever a snapshot is taken."""
+        for pid in self.pids:
+            if pid is not None:
+                times = sched_s(pid)
+                if times[0]:  # 0: gone (or not Linux): keep what was read last
+                    self._sched_last[pid] = times
+
+    def _sched_epoch(self) -> tuple:
+        """(on a core, queued) seconds of this epoch's workers, summed."""
+        base, total = self._sched_base, (0.0, 0.0)
+        for pid, times in self._sched_last.items():
+            total = _add(total, _sub(times, base.get(pid, (0.0, 0.0))))
+        return total
+
     def _running(self, k: int) -> tuple:
         return _add(self._carry[k], self._latest[k])
 
@@ -298,6 +332,10 @@ class Recorder:
             total.elapsed_s = now - self._total_started
         _live(epoch, self.pids)
         _live(total, self.pids)
+        self.sample_sched()
+        epoch.cpu_run_s, epoch.cpu_wait_s = self._sched_epoch()
+        total.cpu_run_s, total.cpu_wait_s = _add(self._sched_closed,
+                                                 (epoch.cpu_run_s, epoch.cpu_wait_s))
         limiter, reason = epoch.limiter(num_workers)
         return LoaderStats(num_workers, epoch, total, limiter, reason,
                            dict(self.autotune) if self.autotune else None)
@@ -326,19 +364,21 @@ def _live(period: EpochStats, pids: list) -> None:
             w.rss = None
 
 
+def sched_s(pid: int) -> tuple[float, float]:
+    """(seconds on a core, seconds runnable but waiting for one) of the process's main
+    thread (Linux ``/proc/<pid>/schedstat``); zeros where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, queued = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(queued) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
 def run_queue_s(pids: list) -> float:
     """Seconds these processes spent runnable but waiting for a CPU (Linux schedstat).
 
     Busy time that is neither CPU nor run-queue wait is real waiting (I/O, sleeps): the
     tuners use this to tell an oversubscribed CPU from workers that wait on storage.
     """
-    total = 0
-    for pid in pids:
-        if pid is None:
-            continue
-        try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
+    return sum(sched_s(pid)[1] for pid in pids if pid is not None)

@@ -84,6 +84,40 @@ def test_stats_workers_limit_a_slow_dataset():
     del it
 
 
+def one_core(worker_id):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize("persistent", [False, True])
+def test_stats_name_the_cpu_when_workers_wait_for_a_core(persistent):
+    """Three CPU-bound workers pinned to one core wait for it about two thirds of the time,
+    on any machine: the summary must not ask for more workers (read from schedstat before
+    non-persistent workers exit)."""
+    loader = DataLoader(CPUBound(), batch_size=4, num_workers=3, worker_init_fn=one_core,
+                        sampler=range(240), persistent_workers=persistent)
+    for _ in loader:
+        pass
+    stats = loader.stats()
+    assert stats.limiter == "CPU", stats.summary
+    assert "waiting for a free core" in stats.summary and "will not help" in stats.summary
+    elapsed = stats.epoch.elapsed_s
+    assert 0.3 * 3 * elapsed < stats.epoch.cpu_wait_s < 3 * elapsed
+    assert stats.total.cpu_wait_s >= stats.epoch.cpu_wait_s
+    if persistent:
+        loader.close()
+
+
+def test_stats_do_not_blame_the_cpu_for_sleeping_workers():
+    """Workers that sleep most of the time are waiting for data even when, on a loaded
+    machine, they also wait for a core after each wake-up."""
+    loader = DataLoader(Latency(), batch_size=8, num_workers=2, sampler=range(160))
+    list(loader)
+    stats = loader.stats()
+    assert stats.limiter == "workers", stats.summary
+    assert stats.epoch.cpu_run_s < 0.5 * 2 * stats.epoch.elapsed_s, stats.summary
+
+
 def test_stats_cumulative_across_persistent_epochs():
     loader = DataLoader(np.arange(100), batch_size=10, num_workers=2, persistent_workers=True)
     for _ in range(3):
