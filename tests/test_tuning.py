@@ -84,6 +84,19 @@ def test_stats_workers_limit_a_slow_dataset():
     del it
 
 
+class Spin:
+    """2 ms of CPU per sample, by the thread's own clock: the same work on any core."""
+
+    def __len__(self):
+        return 150
+
+    def __getitem__(self, i):
+        end = time.thread_time() + 0.002
+        while time.thread_time() < end:
+            pass
+        return np.float32(i)
+
+
 def one_core(worker_id):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
@@ -94,8 +107,8 @@ def test_stats_name_the_cpu_when_workers_wait_for_a_core(persistent):
     """Three CPU-bound workers pinned to one core wait for it about two thirds of the time,
     on any machine: the summary must not ask for more workers (read from schedstat before
     non-persistent workers exit)."""
-    loader = DataLoader(CPUBound(), batch_size=4, num_workers=3, worker_init_fn=one_core,
-                        sampler=range(240), persistent_workers=persistent)
+    loader = DataLoader(Spin(), batch_size=2, num_workers=3, worker_init_fn=one_core,
+                        persistent_workers=persistent)
     for _ in loader:
         pass
     stats = loader.stats()
