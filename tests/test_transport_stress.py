@@ -1,11 +1,15 @@
 """Randomised end-to-end check of the transport: batch shapes from a few bytes to past a
 ring record (the spill path) and past a slot's first size (growth), held batches, epochs
-abandoned halfway, in and out of order, 1 to 5 workers, persistent or not. Every sample
-carries its index, so loss, repetition, reordering and overwriting all show."""
+abandoned halfway, in and out of order, 1 to 5 workers, persistent or not, at a given or
+the default prefetch depth; and the same with a worker SIGKILLed in each epoch under
+``worker_restarts``. Every sample carries its index, so loss, repetition, reordering and
+overwriting all show."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -90,3 +94,46 @@ def test_random_transport_trials(seed):
 @pytest.mark.parametrize("seed", [s for s in range(40) if s not in FAST_SEEDS])
 def test_random_transport_trials_soak(seed):
     run_trial(seed)
+
+
+def run_kill_trial(seed: int) -> None:
+    """Two epochs at the default depth with ``worker_restarts``; in each, a random worker is
+    SIGKILLed after a random batch. The epochs stay whole (in order where asked) and the
+    batches held stay intact while replacements write into the slots."""
+    rng = random.Random(seed)
+    n = rng.randint(80, 300)
+    dl = DataLoader(Mixed(n), batch_size=rng.choice([1, 3, 7]),
+                    num_workers=rng.choice([1, 2, 3]), collate_fn=keep_samples,
+                    in_order=rng.random() < 0.7, persistent_workers=rng.random() < 0.5,
+                    output="numpy", worker_restarts=2)
+    for _ in range(2):
+        held, order = [], []
+        it = iter(dl)
+        kill_at = rng.randrange(1, max(2, len(dl) - 1))
+        for k, batch in enumerate(it):
+            order.extend(s[0] for s in batch)
+            assert all(intact(s) for s in batch)
+            if rng.random() < 0.4:
+                held.append(batch)
+            if k == kill_at:
+                try:
+                    os.kill(rng.choice([p for p in it.worker_pids if p]), signal.SIGKILL)
+                except ProcessLookupError:  # a worker killed before, not yet replaced
+                    pass
+        assert sorted(order) == list(range(n)), "samples lost or repeated"
+        if dl.in_order:
+            assert order == list(range(n)), "samples reordered"
+        assert all(intact(s) for b in held for s in b), "a held batch changed"
+    if dl.persistent_workers:
+        dl.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_kill_trials(seed):
+    run_kill_trial(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3, 40))
+def test_random_kill_trials_soak(seed):
+    run_kill_trial(seed)
