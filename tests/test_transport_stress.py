@@ -56,6 +56,20 @@ def intact(sample) -> bool:
     return p[0] == i and p[2].startswith(str(i))
 
 
+def take(batch, rng, order: list, held: list) -> None:
+    """Note the batch's indices, check its samples, and keep it (40%) to check later."""
+    order.extend(s[0] for s in batch)
+    assert all(intact(s) for s in batch)
+    if rng.random() < 0.4:
+        held.append(batch)
+
+
+def assert_whole(order: list, n: int, in_order: bool) -> None:
+    assert sorted(order) == list(range(n)), "samples lost or repeated"
+    if in_order:
+        assert order == list(range(n)), "samples reordered"
+
+
 def run_trial(seed: int) -> None:
     rng = random.Random(seed)
     n = rng.randint(50, 300)
@@ -67,16 +81,11 @@ def run_trial(seed: int) -> None:
     for epoch in range(3):
         held, order = [], []
         for k, batch in enumerate(dl):
-            order.extend(s[0] for s in batch)
-            assert all(intact(s) for s in batch)
-            if rng.random() < 0.4:
-                held.append(batch)
+            take(batch, rng, order, held)
             if epoch == 2 and k == 5:
                 break  # abandoned halfway
         if epoch < 2:
-            assert sorted(order) == list(range(n)), "samples lost or repeated"
-            if dl.in_order:
-                assert order == list(range(n)), "samples reordered"
+            assert_whole(order, n, dl.in_order)
         assert all(intact(s) for b in held for s in b), "a held batch changed"
     if dl.persistent_workers:
         dl.close()
@@ -111,18 +120,13 @@ def run_kill_trial(seed: int) -> None:
         it = iter(dl)
         kill_at = rng.randrange(1, max(2, len(dl) - 1))
         for k, batch in enumerate(it):
-            order.extend(s[0] for s in batch)
-            assert all(intact(s) for s in batch)
-            if rng.random() < 0.4:
-                held.append(batch)
+            take(batch, rng, order, held)
             if k == kill_at:
                 try:
                     os.kill(rng.choice([p for p in it.worker_pids if p]), signal.SIGKILL)
                 except ProcessLookupError:  # a worker killed before, not yet replaced
                     pass
-        assert sorted(order) == list(range(n)), "samples lost or repeated"
-        if dl.in_order:
-            assert order == list(range(n)), "samples reordered"
+        assert_whole(order, n, dl.in_order)
         assert all(intact(s) for b in held for s in b), "a held batch changed"
     if dl.persistent_workers:
         dl.close()
