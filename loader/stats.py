@@ -13,8 +13,9 @@
 - :meth:`Recorder.snapshot` returns :class:`LoaderStats`: batches and samples delivered,
   the main process's time waiting for data, its own overhead, the consumer's time between
   ``next()`` calls, per-worker busy time split into fetch / collate / encode (transfer),
-  queue depths, CPU% and RSS per worker, the workers' time waiting for a free core (read
-  from ``/proc`` when asked), and a one-line ``summary`` of the limiter.
+  queue depths, CPU% and RSS per worker, the workers' time on a core and waiting for one
+  (Linux schedstat, read at epoch start, when asked and before the workers stop), and a
+  one-line ``summary`` of the limiter.
 - Self-healing counts (``loader/_healing.py``): worker restarts, stall warnings, and the
   samples ``on_error="skip"`` left out, each as (index, exception type name, message).
 """
